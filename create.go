@@ -1,0 +1,380 @@
+package hearth
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/hearth-vm/hearth/store"
+	"github.com/hearth-vm/hearth/vmm"
+	"golang.org/x/sys/unix"
+)
+
+// createPlan carries what the pipeline steps of one create or restore
+// share.
+type createPlan struct {
+	op      string
+	id      string
+	spec    Spec
+	files   Image // kernel, initrd, rootfs source
+	backend vmm.Backend
+	entry   *vmEntry
+	restore *store.Snapshot
+	rspec   RestoreSpec
+}
+
+// Create creates a VM from spec and leaves it in status created: its VMM
+// runs and is configured, the guest has not booted. A failure at any step
+// undoes the steps before it and leaves nothing behind.
+func (r *Runtime) Create(ctx context.Context, id string, spec Spec) (View, error) {
+	const op = "create"
+	if err := ValidateID(id); err != nil {
+		return View{}, invalidArg(op, id, "%v", err)
+	}
+	spec = spec.withDefaults(r.cfg.Defaults)
+	b, err := r.backendFor(spec.Backend)
+	if err != nil {
+		return View{}, invalidArg(op, id, "%v", err)
+	}
+	spec.Backend = b.Name()
+	if err := spec.validate(); err != nil {
+		return View{}, invalidArg(op, id, "%v", err)
+	}
+	files, err := r.resolveFiles(ctx, spec)
+	if err != nil {
+		return View{}, asHearth(KindInvalidArgument, op, id, err)
+	}
+	if err := r.checkOpen(op); err != nil {
+		return View{}, err
+	}
+	p := &createPlan{op: op, id: id, spec: spec, files: files, backend: b}
+	return r.runCreate(ctx, p, r.createSteps(p))
+}
+
+// resolveFiles turns the spec's image or paths into files that exist.
+func (r *Runtime) resolveFiles(ctx context.Context, spec Spec) (Image, error) {
+	var img Image
+	if spec.Image != "" {
+		if r.cfg.Images == nil {
+			return img, fmt.Errorf("image %q requested but no image catalog is configured", spec.Image)
+		}
+		var err error
+		if img, err = r.cfg.Images.Resolve(ctx, spec.Image); err != nil {
+			return img, asHearth(KindRootfs, "create", "", err)
+		}
+	}
+	if spec.Kernel != "" {
+		img.Kernel = spec.Kernel
+	}
+	if spec.Initrd != "" {
+		img.Initrd = spec.Initrd
+	}
+	if spec.Rootfs != "" {
+		img.Rootfs = spec.Rootfs
+	}
+	check := []struct{ what, path string }{{"kernel", img.Kernel}, {"rootfs", img.Rootfs}, {"initrd", img.Initrd}}
+	for _, d := range spec.Drives {
+		check = append(check, struct{ what, path string }{"drive " + d.ID, d.Path})
+	}
+	for _, c := range check {
+		if c.path == "" {
+			continue
+		}
+		fi, err := os.Stat(c.path)
+		if err != nil {
+			return img, fmt.Errorf("%s %s: %w", c.what, c.path, err)
+		}
+		if !fi.Mode().IsRegular() && fi.Mode()&os.ModeDevice == 0 {
+			return img, fmt.Errorf("%s %s is not a regular file or block device", c.what, c.path)
+		}
+	}
+	return img, nil
+}
+
+func (r *Runtime) runCreate(ctx context.Context, p *createPlan, steps []step) (View, error) {
+	if err := runSteps(ctx, steps, r.inject); err != nil {
+		r.log.Warn("create failed and was rolled back", "vm", p.id, "err", err)
+		return View{}, err
+	}
+	e := p.entry
+	defer e.mu.Unlock()
+	typ := "created"
+	if p.restore != nil {
+		typ = "restored"
+	}
+	r.emit(p.id, typ, Status(e.rec.Status), e.rec.RestoredFrom)
+	return viewOf(e.rec), nil
+}
+
+// persistCreating writes the record of a VM still being created.
+func (r *Runtime) persistCreating(p *createPlan) error {
+	p.entry.rec.UpdatedAt = time.Now().UTC()
+	if err := r.st.PutVM(p.entry.rec); err != nil {
+		return newErr(KindStatePoisoned, p.op, p.id, err)
+	}
+	return nil
+}
+
+// addResource records a resource on the VM (in memory; the record step
+// persists it).
+func (p *createPlan) addResource(res store.Resource) {
+	p.entry.rec.Resources = append(p.entry.rec.Resources, res)
+}
+
+// commonSteps reserve the id, create the VM dir and allocate ids; they are
+// shared by create and restore.
+func (r *Runtime) commonSteps(p *createPlan) []step {
+	return []step{
+		{
+			name: "reserve",
+			do: func(ctx context.Context) error {
+				now := time.Now().UTC()
+				specJSON, err := json.Marshal(p.spec)
+				if err != nil {
+					return newErr(KindInvalidArgument, p.op, p.id, err)
+				}
+				e := &vmEntry{rec: store.VM{ID: p.id, Key: newKey(), Status: string(StatusCreating),
+					Backend: p.backend.Name(), Spec: specJSON, CreatedAt: now, UpdatedAt: now}}
+				if p.restore != nil {
+					e.rec.RestoredFrom = p.restore.Name
+				}
+				// The store decides who wins a race for the id: the
+				// check and the insert are one transaction.
+				if err := r.st.CreateVM(e.rec); err != nil {
+					if errors.Is(err, store.ErrExists) {
+						return newErr(KindVMAlreadyExists, p.op, p.id, nil)
+					}
+					return newErr(KindStatePoisoned, p.op, p.id, err)
+				}
+				e.mu.Lock() // held until the pipeline ends
+				e.publish()
+				r.mu.Lock()
+				r.vms[p.id] = e
+				r.mu.Unlock()
+				p.entry = e
+				return nil
+			},
+			undo: func(ctx context.Context) error {
+				e := p.entry
+				e.gone = true
+				r.mu.Lock()
+				if r.vms[p.id] == e {
+					delete(r.vms, p.id)
+				}
+				r.mu.Unlock()
+				e.mu.Unlock()
+				return r.st.DeleteVM(p.id)
+			},
+		},
+		{
+			name: "dir",
+			do: func(ctx context.Context) error {
+				dir := r.vmDir(p.entry.rec.Key)
+				// Recorded before it exists, so that a crash right after
+				// mkdir still finds it on the record.
+				p.addResource(store.Resource{Kind: resDir, Name: dir})
+				if err := r.persistCreating(p); err != nil {
+					return err
+				}
+				if err := os.Mkdir(dir, 0o700); err != nil {
+					return newErr(KindStatePoisoned, p.op, p.id, err)
+				}
+				return nil
+			},
+			undo: func(ctx context.Context) error { return os.RemoveAll(r.vmDir(p.entry.rec.Key)) },
+		},
+		{
+			name: "allocate",
+			do: func(ctx context.Context) error {
+				// A restored clone keeps the CID baked into its snapshot
+				// (hybrid vsock gives each VM its own socket, so clones
+				// sharing a CID do not collide); its own CID serves when
+				// it is cold-booted again after a stop.
+				if !p.spec.AgentEnabled() {
+					return nil
+				}
+				cid, err := r.st.Allocate(poolCID, cidFirst, cidLast, p.id)
+				if err != nil {
+					return newErr(KindStatePoisoned, p.op, p.id, err)
+				}
+				p.addResource(store.Resource{Kind: resAlloc, Name: poolCID, Data: map[string]string{"value": strconv.FormatUint(cid, 10)}})
+				// Should this write fail, the allocation still names its
+				// owner, and reconcile frees allocations no record holds.
+				return r.persistCreating(p)
+			},
+			undo: func(ctx context.Context) error {
+				if cid, ok := findAlloc(p.entry.rec.Resources, poolCID); ok {
+					return r.st.Release(poolCID, cid)
+				}
+				return nil
+			},
+		},
+	}
+}
+
+// launchStep starts the VMM; its undo kills it.
+func (r *Runtime) launchStep(p *createPlan) step {
+	return step{
+		name: "launch",
+		do: func(ctx context.Context) error {
+			m, err := r.launch(ctx, p.backend, p.entry)
+			if err != nil {
+				return vmmErr(p.op, p.id, KindUnsupported, err)
+			}
+			p.entry.machine = m
+			h := m.Handle()
+			p.entry.rec.Handle = &h
+			// With the handle recorded, a runtime that dies now lets the
+			// next Open find and kill this VMM.
+			if err := r.persistCreating(p); err != nil {
+				m.Kill()
+				p.entry.machine, p.entry.rec.Handle = nil, nil
+				return err
+			}
+			return nil
+		},
+		undo: func(ctx context.Context) error {
+			m := p.entry.machine
+			p.entry.machine = nil
+			p.entry.rec.Handle = nil
+			if m == nil {
+				return nil
+			}
+			return m.Kill()
+		},
+	}
+}
+
+// recordStep persists the finished VM and starts watching its VMM. It is
+// last, so it has no undo.
+func (r *Runtime) recordStep(p *createPlan, final func() Status) step {
+	return step{
+		name: "record",
+		do: func(ctx context.Context) error {
+			e := p.entry
+			e.rec.Status = string(final())
+			if err := r.save(p.op, e); err != nil {
+				return err
+			}
+			r.watchMachine(e, e.machine)
+			return nil
+		},
+	}
+}
+
+func (r *Runtime) createSteps(p *createPlan) []step {
+	steps := r.commonSteps(p)
+	steps = append(steps,
+		step{
+			name: "rootfs",
+			do: func(ctx context.Context) error {
+				if p.spec.RootfsReadOnly {
+					return nil
+				}
+				dst := filepath.Join(r.vmDir(p.entry.rec.Key), "rootfs.ext4")
+				if err := cloneFile(p.files.Rootfs, dst); err != nil {
+					return newErr(KindRootfs, p.op, p.id, err)
+				}
+				return nil
+			},
+			undo: func(ctx context.Context) error {
+				// The dir step's undo removes the clone with the dir.
+				return nil
+			},
+		},
+		r.launchStep(p),
+		step{
+			name: "configure",
+			do: func(ctx context.Context) error {
+				cfg := r.machineConfig(p.entry, p.spec, p.files)
+				return vmmErr(p.op, p.id, KindUnsupported, p.entry.machine.Configure(ctx, cfg))
+			},
+		},
+		r.recordStep(p, func() Status { return StatusCreated }),
+	)
+	return steps
+}
+
+// launch starts a VMM for e in its directory.
+func (r *Runtime) launch(ctx context.Context, b vmm.Backend, e *vmEntry) (vmm.Machine, error) {
+	dir := r.vmDir(e.rec.Key)
+	return b.Launch(ctx, vmm.LaunchSpec{
+		VMID:        e.rec.ID,
+		Dir:         dir,
+		ConsolePath: filepath.Join(dir, "console.log"),
+	})
+}
+
+// machineConfig translates a VM's spec into the backend-neutral config.
+func (r *Runtime) machineConfig(e *vmEntry, spec Spec, files Image) vmm.Config {
+	dir := r.vmDir(e.rec.Key)
+	rootfs := files.Rootfs
+	if !spec.RootfsReadOnly {
+		rootfs = filepath.Join(dir, "rootfs.ext4")
+	}
+	cfg := vmm.Config{
+		VCPUs:           spec.VCPUs,
+		MemoryMiB:       spec.MemoryMiB,
+		HugePages:       spec.HugePages,
+		TrackDirtyPages: spec.TrackDirtyPages,
+		Kernel:          files.Kernel,
+		Initrd:          files.Initrd,
+		BootArgs:        spec.BootArgs,
+		Drives:          []vmm.Drive{{ID: "rootfs", Path: rootfs, Root: true, ReadOnly: spec.RootfsReadOnly}},
+	}
+	for _, d := range spec.Drives {
+		cfg.Drives = append(cfg.Drives, vmm.Drive{ID: d.ID, Path: d.Path, ReadOnly: d.ReadOnly, RateLimit: d.RateLimit.toVMM()})
+	}
+	if cid, ok := findAlloc(e.rec.Resources, poolCID); ok {
+		cfg.Vsock = &vmm.Vsock{CID: uint32(cid), UDSPath: filepath.Join(dir, cidFileNm)}
+	}
+	return cfg
+}
+
+func (r *RateLimit) toVMM() *vmm.RateLimiter {
+	if r == nil {
+		return nil
+	}
+	conv := func(b *TokenBucket) *vmm.TokenBucket {
+		if b == nil {
+			return nil
+		}
+		return &vmm.TokenBucket{Size: b.Size, OneTimeBurst: b.OneTimeBurst, RefillTime: time.Duration(b.RefillTimeMs) * time.Millisecond}
+	}
+	return &vmm.RateLimiter{Bandwidth: conv(r.Bandwidth), Ops: conv(r.Ops)}
+}
+
+// cloneFile gives dst the contents of src, sharing blocks with FICLONE
+// where the filesystem can and copying (copy_file_range, via io.Copy)
+// where it cannot. The rootfs package replaces this with its full clone
+// ladder and integrity checks.
+func cloneFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlFileClone(int(out.Fd()), int(in.Fd())); err == nil {
+		return out.Close()
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		os.Remove(dst)
+		return fmt.Errorf("copy %s to %s: %w", src, dst, err)
+	}
+	if err := out.Close(); err != nil {
+		os.Remove(dst)
+		return err
+	}
+	return nil
+}

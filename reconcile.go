@@ -1,0 +1,171 @@
+package hearth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/hearth-vm/hearth/store"
+	"github.com/hearth-vm/hearth/vmm"
+)
+
+// reconcile brings the records in line with reality after Open: it adopts
+// VMMs that still run, marks the others crashed, rolls back creates that
+// were interrupted, and reclaims resources no record owns.
+func (r *Runtime) reconcile(ctx context.Context) error {
+	const op = "open"
+	recs, err := r.st.ListVMs()
+	if err != nil {
+		return newErr(KindStatePoisoned, op, "", err)
+	}
+	owned := map[string]bool{}
+	for _, rec := range recs {
+		e := &vmEntry{rec: rec}
+		switch st := Status(rec.Status); {
+		case st == StatusCreating:
+			// The previous runtime died mid-pipeline: undo what it did.
+			if err := r.abandon(ctx, e); err != nil {
+				return err
+			}
+			r.report.Abandoned = append(r.report.Abandoned, rec.ID)
+			continue
+		case st.HasProcess():
+			r.adopt(ctx, e)
+		case !st.Valid():
+			return newErr(KindStatePoisoned, op, rec.ID, fmt.Errorf("unknown status %q", rec.Status))
+		}
+		owned[rec.Key] = true
+		e.publish()
+		r.vms[rec.ID] = e
+		if e.machine != nil {
+			r.watchMachine(e, e.machine)
+		}
+	}
+	return r.reclaim(owned)
+}
+
+// adopt re-attaches to e's VMM, or marks e crashed when it is gone.
+func (r *Runtime) adopt(ctx context.Context, e *vmEntry) {
+	var err error
+	if e.rec.Handle == nil {
+		err = errors.New("no vmm handle recorded")
+	} else if b, berr := r.backendFor(e.rec.Backend); berr != nil {
+		err = berr
+	} else {
+		var m vmm.Machine
+		if m, err = b.Adopt(ctx, *e.rec.Handle); err == nil {
+			e.machine = m
+			r.report.Adopted = append(r.report.Adopted, e.rec.ID)
+			return
+		}
+	}
+	r.log.Warn("vmm not adoptable, marking vm crashed", "vm", e.rec.ID, "err", err)
+	e.rec.Status = string(StatusCrashed)
+	e.rec.Exit = "vmm gone while hearth was not running"
+	if !errors.Is(err, vmm.ErrGone) {
+		e.rec.Exit = "vmm could not be adopted: " + err.Error()
+	}
+	e.rec.Handle = nil
+	if err := r.st.PutVM(e.rec); err != nil {
+		r.log.Error("record crash", "vm", e.rec.ID, "err", err)
+	}
+	r.report.Crashed = append(r.report.Crashed, e.rec.ID)
+	r.emit(e.rec.ID, "crashed", StatusCrashed, e.rec.Exit)
+}
+
+// abandon rolls back a create that never finished: kill its VMM if one
+// was launched, release its resources and drop the record.
+func (r *Runtime) abandon(ctx context.Context, e *vmEntry) error {
+	if h := e.rec.Handle; h != nil {
+		if b, err := r.backendFor(e.rec.Backend); err == nil {
+			if m, err := b.Adopt(ctx, *h); err == nil {
+				m.Kill()
+			}
+		}
+	}
+	res := e.rec.Resources
+	// The dir step may have run without being recorded yet.
+	res = append([]store.Resource{{Kind: resDir, Name: r.vmDir(e.rec.Key)}}, res...)
+	if _, err := r.releaseAll(res); err != nil {
+		return newErr(KindStatePoisoned, "open", e.rec.ID, fmt.Errorf("roll back interrupted create: %w", err))
+	}
+	if err := r.st.DeleteVM(e.rec.ID); err != nil {
+		return newErr(KindStatePoisoned, "open", e.rec.ID, err)
+	}
+	return nil
+}
+
+// reclaim removes VM directories and allocations no record owns, and
+// snapshots whose write never completed.
+func (r *Runtime) reclaim(owned map[string]bool) error {
+	const op = "open"
+	ents, err := os.ReadDir(r.vmsDir())
+	if err != nil {
+		return newErr(KindStatePoisoned, op, "", err)
+	}
+	for _, d := range ents {
+		if owned[d.Name()] {
+			continue
+		}
+		p := filepath.Join(r.vmsDir(), d.Name())
+		if err := os.RemoveAll(p); err != nil {
+			return newErr(KindStatePoisoned, op, "", err)
+		}
+		r.report.Reclaimed = append(r.report.Reclaimed, "dir "+p)
+	}
+	pools, err := r.st.Pools()
+	if err != nil {
+		return newErr(KindStatePoisoned, op, "", err)
+	}
+	for _, pool := range pools {
+		allocs, err := r.st.Allocations(pool)
+		if err != nil {
+			return newErr(KindStatePoisoned, op, "", err)
+		}
+		for v, owner := range allocs {
+			if e := r.vms[owner]; e != nil {
+				if got, ok := findAlloc(e.rec.Resources, pool); ok && got == v {
+					continue
+				}
+			}
+			if err := r.st.Release(pool, v); err != nil {
+				return newErr(KindStatePoisoned, op, "", err)
+			}
+			r.report.Reclaimed = append(r.report.Reclaimed, pool+" "+strconv.FormatUint(v, 10))
+		}
+	}
+	snaps, err := r.st.ListSnapshots()
+	if err != nil {
+		return newErr(KindStatePoisoned, op, "", err)
+	}
+	known := map[string]bool{}
+	for _, s := range snaps {
+		if s.Complete {
+			known[s.Name] = true
+			continue
+		}
+		os.RemoveAll(s.Dir)
+		if err := r.st.DeleteSnapshot(s.Name); err != nil {
+			return newErr(KindStatePoisoned, op, "", err)
+		}
+		r.report.Reclaimed = append(r.report.Reclaimed, "partial snapshot "+s.Name)
+	}
+	sdirs, err := os.ReadDir(r.snapshotsDir())
+	if err != nil {
+		return newErr(KindStatePoisoned, op, "", err)
+	}
+	for _, d := range sdirs {
+		if known[d.Name()] {
+			continue
+		}
+		p := filepath.Join(r.snapshotsDir(), d.Name())
+		if err := os.RemoveAll(p); err != nil {
+			return newErr(KindStatePoisoned, op, "", err)
+		}
+		r.report.Reclaimed = append(r.report.Reclaimed, "dir "+p)
+	}
+	return nil
+}

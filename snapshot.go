@@ -1,0 +1,317 @@
+package hearth
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hearth-vm/hearth/store"
+	"github.com/hearth-vm/hearth/vmm"
+)
+
+// Files of a snapshot directory.
+const (
+	snapState    = "vmstate"
+	snapMem      = "mem"
+	snapRootfs   = "rootfs.ext4"
+	snapManifest = "manifest.json"
+)
+
+// Manifest describes a snapshot on disk (snapshots/<name>/manifest.json).
+type Manifest struct {
+	Name      string           `json:"name"`
+	SourceVM  string           `json:"source_vm"`
+	Backend   string           `json:"backend"`
+	Spec      Spec             `json:"spec"`
+	CreatedAt time.Time        `json:"created_at"`
+	Files     map[string]int64 `json:"files"` // file name → size in bytes
+}
+
+// Snapshot writes the VM's state, memory and (for a VM with its own disk)
+// a copy of its disk to a new snapshot named name. A running VM is paused
+// for the write and resumed afterwards, whether the write succeeded or
+// not; a paused VM stays paused. A failed write leaves no partial snapshot.
+// Snapshots outlive the VM: destroying it keeps them.
+func (r *Runtime) Snapshot(ctx context.Context, id, name string) (SnapshotView, error) {
+	const op = "snapshot"
+	if err := ValidateSnapshotName(name); err != nil {
+		return SnapshotView{}, &Error{Kind: KindInvalidArgument, Op: op, VM: id, Snapshot: name, Err: err}
+	}
+	e, err := r.lockVM(op, id)
+	if err != nil {
+		return SnapshotView{}, err
+	}
+	defer e.mu.Unlock()
+	if _, err := transition(e, OpSnapshot); err != nil {
+		return SnapshotView{}, err
+	}
+	snapErr := func(kind Kind, err error) error {
+		return &Error{Kind: kind, Op: op, VM: id, Snapshot: name, Err: err}
+	}
+	rec := store.Snapshot{Name: name, SourceVM: id, Backend: e.rec.Backend, Spec: e.rec.Spec,
+		Dir: filepath.Join(r.snapshotsDir(), name), CreatedAt: time.Now().UTC()}
+	if err := r.st.CreateSnapshot(rec); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			return SnapshotView{}, snapErr(KindSnapshotAlreadyExists, nil)
+		}
+		return SnapshotView{}, snapErr(KindStatePoisoned, err)
+	}
+	if err := r.writeSnapshot(ctx, e, &rec); err != nil {
+		// Nothing partial may stay: files first, then the record.
+		os.RemoveAll(rec.Dir)
+		if derr := r.st.DeleteSnapshot(name); derr != nil {
+			err = errors.Join(err, derr)
+		}
+		var he *Error
+		if errors.As(err, &he) {
+			he.Snapshot = name
+			return SnapshotView{}, err
+		}
+		return SnapshotView{}, snapErr(KindUnsupported, err)
+	}
+	r.emit(id, "snapshot", Status(e.rec.Status), name)
+	return snapshotView(rec), nil
+}
+
+func (r *Runtime) writeSnapshot(ctx context.Context, e *vmEntry, rec *store.Snapshot) error {
+	const op = "snapshot"
+	id := e.rec.ID
+	if err := os.Mkdir(rec.Dir, 0o700); err != nil {
+		return newErr(KindStatePoisoned, op, id, err)
+	}
+	running := Status(e.rec.Status) == StatusRunning
+	if running {
+		if err := e.machine.Pause(ctx); err != nil {
+			return vmmErr(op, id, KindUnsupported, err)
+		}
+	}
+	err := r.writeSnapshotFiles(ctx, e, rec)
+	if running {
+		// Resume even when the write failed: a snapshot must never leave
+		// a running VM paused.
+		if rerr := e.machine.Resume(context.WithoutCancel(ctx)); rerr != nil {
+			err = errors.Join(err, vmmErr(op, id, KindUnsupported, rerr))
+		}
+	}
+	if err != nil {
+		return err
+	}
+	rec.Complete = true
+	if err := r.st.PutSnapshot(*rec); err != nil {
+		return newErr(KindStatePoisoned, op, id, err)
+	}
+	return nil
+}
+
+func (r *Runtime) writeSnapshotFiles(ctx context.Context, e *vmEntry, rec *store.Snapshot) error {
+	const op = "snapshot"
+	id := e.rec.ID
+	req := vmm.SnapshotRequest{StatePath: filepath.Join(rec.Dir, snapState), MemPath: filepath.Join(rec.Dir, snapMem)}
+	if err := e.machine.Snapshot(ctx, req); err != nil {
+		return vmmErr(op, id, KindUnsupported, err)
+	}
+	spec, err := specOf(e)
+	if err != nil {
+		return newErr(KindStatePoisoned, op, id, err)
+	}
+	// The disk must match the memory image, so it is copied while the VM
+	// is paused. A read-only rootfs is shared and never changes.
+	if !spec.RootfsReadOnly {
+		src := filepath.Join(r.vmDir(e.rec.Key), "rootfs.ext4")
+		if err := cloneFile(src, filepath.Join(rec.Dir, snapRootfs)); err != nil {
+			return newErr(KindRootfs, op, id, err)
+		}
+	}
+	m := Manifest{Name: rec.Name, SourceVM: id, Backend: rec.Backend, Spec: spec, CreatedAt: rec.CreatedAt, Files: map[string]int64{}}
+	for _, f := range []string{snapState, snapMem, snapRootfs} {
+		if fi, err := os.Stat(filepath.Join(rec.Dir, f)); err == nil {
+			m.Files[f] = fi.Size()
+		}
+	}
+	return writeJSONFile(filepath.Join(rec.Dir, snapManifest), m)
+}
+
+// writeJSONFile writes v atomically (temp file, fsync, rename).
+func writeJSONFile(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func snapshotView(rec store.Snapshot) SnapshotView {
+	v := SnapshotView{Name: rec.Name, SourceVM: rec.SourceVM, Backend: rec.Backend, CreatedAt: rec.CreatedAt, Dir: rec.Dir}
+	_ = json.Unmarshal(rec.Spec, &v.Spec)
+	return v
+}
+
+// Snapshots lists the complete snapshots, sorted by name.
+func (r *Runtime) Snapshots(ctx context.Context) ([]SnapshotView, error) {
+	recs, err := r.st.ListSnapshots()
+	if err != nil {
+		return nil, newErr(KindStatePoisoned, "snapshots", "", err)
+	}
+	out := make([]SnapshotView, 0, len(recs))
+	for _, rec := range recs {
+		if rec.Complete {
+			out = append(out, snapshotView(rec))
+		}
+	}
+	return out, nil
+}
+
+// GetSnapshot returns one complete snapshot.
+func (r *Runtime) GetSnapshot(ctx context.Context, name string) (SnapshotView, error) {
+	rec, err := r.snapshotRecord("get-snapshot", name)
+	if err != nil {
+		return SnapshotView{}, err
+	}
+	return snapshotView(rec), nil
+}
+
+func (r *Runtime) snapshotRecord(op, name string) (store.Snapshot, error) {
+	if err := ValidateSnapshotName(name); err != nil {
+		return store.Snapshot{}, &Error{Kind: KindInvalidArgument, Op: op, Snapshot: name, Err: err}
+	}
+	rec, err := r.st.GetSnapshot(name)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && !rec.Complete) {
+		return rec, &Error{Kind: KindSnapshotNotFound, Op: op, Snapshot: name}
+	}
+	if err != nil {
+		return rec, &Error{Kind: KindStatePoisoned, Op: op, Snapshot: name, Err: err}
+	}
+	return rec, nil
+}
+
+// DeleteSnapshot removes a snapshot's files and record. VMs restored from
+// it are unaffected (they have their own disk and memory).
+func (r *Runtime) DeleteSnapshot(ctx context.Context, name string) error {
+	const op = "delete-snapshot"
+	rec, err := r.snapshotRecord(op, name)
+	if err != nil {
+		return err
+	}
+	if err := os.RemoveAll(rec.Dir); err != nil {
+		return &Error{Kind: KindUnsupported, Op: op, Snapshot: name, Err: err}
+	}
+	if err := r.st.DeleteSnapshot(name); err != nil {
+		return &Error{Kind: KindStatePoisoned, Op: op, Snapshot: name, Err: err}
+	}
+	return nil
+}
+
+// Restore creates a new VM from a snapshot. Each restore is an
+// independent clone with its own copy of the disk and its own vsock
+// socket; the VM is running unless rs.Paused.
+func (r *Runtime) Restore(ctx context.Context, rs RestoreSpec) (View, error) {
+	const op = "restore"
+	if err := rs.validate(); err != nil {
+		return View{}, &Error{Kind: KindInvalidArgument, Op: op, VM: rs.VM, Snapshot: rs.Snapshot, Err: err}
+	}
+	if rs.MemoryBackend == string(vmm.MemUffd) {
+		return View{}, &Error{Kind: KindUnsupported, Op: op, VM: rs.VM, Snapshot: rs.Snapshot,
+			Err: errors.New("memory_backend \"uffd\" needs the page-fault server, which this build does not have yet")}
+	}
+	snap, err := r.snapshotRecord(op, rs.Snapshot)
+	if err != nil {
+		var he *Error
+		errors.As(err, &he)
+		he.VM = rs.VM
+		return View{}, err
+	}
+	var spec Spec
+	if err := json.Unmarshal(snap.Spec, &spec); err != nil {
+		return View{}, &Error{Kind: KindStatePoisoned, Op: op, Snapshot: rs.Snapshot, Err: err}
+	}
+	for k, v := range rs.Labels {
+		if spec.Labels == nil {
+			spec.Labels = map[string]string{}
+		}
+		spec.Labels[k] = v
+	}
+	if err := spec.validate(); err != nil {
+		return View{}, &Error{Kind: KindInvalidArgument, Op: op, VM: rs.VM, Snapshot: rs.Snapshot, Err: err}
+	}
+	b, err := r.backendFor(snap.Backend)
+	if err != nil {
+		return View{}, &Error{Kind: KindUnsupported, Op: op, VM: rs.VM, Snapshot: rs.Snapshot, Err: err}
+	}
+	if err := r.checkOpen(op); err != nil {
+		return View{}, err
+	}
+	p := &createPlan{op: op, id: rs.VM, spec: spec, backend: b, restore: &snap, rspec: rs}
+	return r.runCreate(ctx, p, r.restoreSteps(p))
+}
+
+func (r *Runtime) restoreSteps(p *createPlan) []step {
+	steps := r.commonSteps(p)
+	return append(steps,
+		step{
+			name: "rootfs",
+			do: func(ctx context.Context) error {
+				src := filepath.Join(p.restore.Dir, snapRootfs)
+				if _, err := os.Stat(src); errors.Is(err, os.ErrNotExist) {
+					return nil // the VM's rootfs is read-only and shared
+				}
+				dst := filepath.Join(r.vmDir(p.entry.rec.Key), "rootfs.ext4")
+				if err := cloneFile(src, dst); err != nil {
+					return newErr(KindRootfs, p.op, p.id, err)
+				}
+				return nil
+			},
+		},
+		r.launchStep(p),
+		step{
+			name: "load",
+			do: func(ctx context.Context) error {
+				dir := r.vmDir(p.entry.rec.Key)
+				req := vmm.LoadRequest{
+					StatePath:       filepath.Join(p.restore.Dir, snapState),
+					MemPath:         filepath.Join(p.restore.Dir, snapMem),
+					MemBackend:      vmm.MemFile,
+					Resume:          !p.rspec.Paused,
+					TrackDirtyPages: p.spec.TrackDirtyPages,
+				}
+				if !p.spec.RootfsReadOnly {
+					req.DriveOverrides = []vmm.DriveOverride{{ID: "rootfs", Path: filepath.Join(dir, "rootfs.ext4")}}
+				}
+				if p.spec.AgentEnabled() {
+					req.VsockUDSPath = filepath.Join(dir, cidFileNm)
+				}
+				if err := p.entry.machine.LoadSnapshot(ctx, req); err != nil {
+					return vmmErr(p.op, p.id, KindUnsupported, err)
+				}
+				return nil
+			},
+		},
+		r.recordStep(p, func() Status {
+			if p.rspec.Paused {
+				return StatusPaused
+			}
+			return StatusRunning
+		}),
+	)
+}

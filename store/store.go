@@ -1,0 +1,402 @@
+package store
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hearth-vm/hearth/vmm"
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
+)
+
+// SchemaVersion is the version of the records this code reads and writes.
+const SchemaVersion = 1
+
+// Errors returned by the store.
+var (
+	ErrNotFound = errors.New("record not found")
+	ErrExists   = errors.New("record already exists")
+	ErrLocked   = errors.New("state dir is locked by another runtime")
+	ErrCorrupt  = errors.New("state store is corrupt")
+	ErrSchema   = errors.New("state store schema is newer than this hearth")
+	ErrFull     = errors.New("allocation pool exhausted")
+)
+
+var (
+	bucketMeta      = []byte("meta")
+	bucketVMs       = []byte("vms")
+	bucketSnapshots = []byte("snapshots")
+	bucketAlloc     = []byte("alloc")
+	keySchema       = []byte("schema")
+)
+
+// VM is the persistent record of one VM.
+type VM struct {
+	ID string `json:"id"`
+	// Key is an immutable name for the VM's directory and host resources,
+	// so renaming a VM never moves files a live VMM has open.
+	Key     string `json:"key"`
+	Status  string `json:"status"`
+	Backend string `json:"backend"`
+	// Spec is the resolved spec (the root package's Spec as JSON).
+	Spec   json.RawMessage `json:"spec"`
+	Handle *vmm.Handle     `json:"handle,omitempty"`
+	// Resources lists every host resource the VM holds, in acquisition
+	// order, so that reconcile and destroy can release exactly those.
+	Resources    []Resource `json:"resources,omitempty"`
+	RestoredFrom string     `json:"restored_from,omitempty"`
+	Exit         string     `json:"exit,omitempty"`
+	CreatedAt    time.Time  `json:"created_at"`
+	UpdatedAt    time.Time  `json:"updated_at"`
+}
+
+// Resource is one host resource held by a VM.
+type Resource struct {
+	Kind string `json:"kind"` // e.g. "dir", "alloc"
+	Name string `json:"name"`
+	// Data carries what releasing it needs (e.g. the pool of an alloc).
+	Data map[string]string `json:"data,omitempty"`
+}
+
+// Snapshot is the persistent record of one snapshot.
+type Snapshot struct {
+	Name      string          `json:"name"`
+	SourceVM  string          `json:"source_vm"`
+	Backend   string          `json:"backend"`
+	Spec      json.RawMessage `json:"spec"`
+	Dir       string          `json:"dir"`
+	Complete  bool            `json:"complete"`
+	CreatedAt time.Time       `json:"created_at"`
+}
+
+// Store is an open state store. Its methods are safe for concurrent use;
+// each is one bbolt transaction.
+type Store struct {
+	db   *bolt.DB
+	lock *os.File
+	dir  string
+}
+
+// Open opens (creating if needed) the store in dir and locks dir.
+func Open(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	lf, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	db, err := bolt.Open(filepath.Join(dir, "hearth.db"), 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("open %s: %w", filepath.Join(dir, "hearth.db"), errors.Join(ErrCorrupt, err))
+	}
+	s := &Store{db: db, lock: lf, dir: dir}
+	if err := s.init(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func lockDir(dir string) (*os.File, error) {
+	p := filepath.Join(dir, "hearth.lock")
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock file: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		b, _ := os.ReadFile(p)
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			owner := strings.TrimSpace(string(b))
+			if owner == "" {
+				owner = "unknown"
+			}
+			return nil, fmt.Errorf("%s (owner pid %s): %w", dir, owner, ErrLocked)
+		}
+		return nil, fmt.Errorf("lock %s: %w", p, err)
+	}
+	// The pid is informational (error messages); the flock is the lock.
+	if err := f.Truncate(0); err == nil {
+		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return f, nil
+}
+
+func (s *Store) init() error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketMeta, bucketVMs, bucketSnapshots, bucketAlloc} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return fmt.Errorf("create bucket %s: %w", b, err)
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		v := meta.Get(keySchema)
+		if v == nil {
+			return meta.Put(keySchema, u64(SchemaVersion))
+		}
+		if len(v) != 8 {
+			return fmt.Errorf("schema version record: %w", ErrCorrupt)
+		}
+		if got := binary.BigEndian.Uint64(v); got > SchemaVersion {
+			return fmt.Errorf("schema %d > %d: %w", got, SchemaVersion, ErrSchema)
+		}
+		return nil
+	})
+}
+
+// Dir returns the state dir.
+func (s *Store) Dir() string { return s.dir }
+
+// Close closes the database and releases the lock.
+func (s *Store) Close() error {
+	err := s.db.Close()
+	s.lock.Close()
+	return err
+}
+
+func u64(v uint64) []byte {
+	b := make([]byte, 8)
+	binary.BigEndian.PutUint64(b, v)
+	return b
+}
+
+func put(b *bolt.Bucket, key string, v any) error {
+	buf, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", key, err)
+	}
+	return b.Put([]byte(key), buf)
+}
+
+func get(b *bolt.Bucket, key string, v any) error {
+	buf := b.Get([]byte(key))
+	if buf == nil {
+		return ErrNotFound
+	}
+	if err := json.Unmarshal(buf, v); err != nil {
+		return fmt.Errorf("decode %s: %w", key, errors.Join(ErrCorrupt, err))
+	}
+	return nil
+}
+
+// CreateVM inserts rec; it fails with ErrExists if the id is taken. The
+// check and the insert are one transaction, so of two concurrent creates
+// of the same id exactly one succeeds.
+func (s *Store) CreateVM(rec VM) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketVMs)
+		if b.Get([]byte(rec.ID)) != nil {
+			return fmt.Errorf("vm %q: %w", rec.ID, ErrExists)
+		}
+		return put(b, rec.ID, rec)
+	})
+}
+
+// PutVM writes rec, which must exist.
+func (s *Store) PutVM(rec VM) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketVMs)
+		if b.Get([]byte(rec.ID)) == nil {
+			return fmt.Errorf("vm %q: %w", rec.ID, ErrNotFound)
+		}
+		return put(b, rec.ID, rec)
+	})
+}
+
+// GetVM reads one record.
+func (s *Store) GetVM(id string) (VM, error) {
+	var rec VM
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return get(tx.Bucket(bucketVMs), id, &rec)
+	})
+	if errors.Is(err, ErrNotFound) {
+		err = fmt.Errorf("vm %q: %w", id, ErrNotFound)
+	}
+	return rec, err
+}
+
+// DeleteVM removes a record; deleting a missing one is not an error.
+func (s *Store) DeleteVM(id string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketVMs).Delete([]byte(id))
+	})
+}
+
+// RenameVM moves the record of old to new atomically.
+func (s *Store) RenameVM(old, new string, at time.Time) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketVMs)
+		if b.Get([]byte(new)) != nil {
+			return fmt.Errorf("vm %q: %w", new, ErrExists)
+		}
+		var rec VM
+		if err := get(b, old, &rec); err != nil {
+			return fmt.Errorf("vm %q: %w", old, err)
+		}
+		rec.ID = new
+		rec.UpdatedAt = at
+		if err := b.Delete([]byte(old)); err != nil {
+			return err
+		}
+		return put(b, new, rec)
+	})
+}
+
+// ListVMs returns every VM record, sorted by id.
+func (s *Store) ListVMs() ([]VM, error) {
+	var out []VM
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketVMs).ForEach(func(k, v []byte) error {
+			var rec VM
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("decode vm %q: %w", k, errors.Join(ErrCorrupt, err))
+			}
+			out = append(out, rec)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// CreateSnapshot inserts rec; ErrExists if the name is taken.
+func (s *Store) CreateSnapshot(rec Snapshot) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketSnapshots)
+		if b.Get([]byte(rec.Name)) != nil {
+			return fmt.Errorf("snapshot %q: %w", rec.Name, ErrExists)
+		}
+		return put(b, rec.Name, rec)
+	})
+}
+
+// PutSnapshot overwrites an existing snapshot record.
+func (s *Store) PutSnapshot(rec Snapshot) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketSnapshots)
+		if b.Get([]byte(rec.Name)) == nil {
+			return fmt.Errorf("snapshot %q: %w", rec.Name, ErrNotFound)
+		}
+		return put(b, rec.Name, rec)
+	})
+}
+
+// GetSnapshot reads one snapshot record.
+func (s *Store) GetSnapshot(name string) (Snapshot, error) {
+	var rec Snapshot
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return get(tx.Bucket(bucketSnapshots), name, &rec)
+	})
+	if errors.Is(err, ErrNotFound) {
+		err = fmt.Errorf("snapshot %q: %w", name, ErrNotFound)
+	}
+	return rec, err
+}
+
+// DeleteSnapshot removes a snapshot record.
+func (s *Store) DeleteSnapshot(name string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketSnapshots).Delete([]byte(name))
+	})
+}
+
+// ListSnapshots returns every snapshot record, sorted by name.
+func (s *Store) ListSnapshots() ([]Snapshot, error) {
+	var out []Snapshot
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketSnapshots).ForEach(func(k, v []byte) error {
+			var rec Snapshot
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("decode snapshot %q: %w", k, errors.Join(ErrCorrupt, err))
+			}
+			out = append(out, rec)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Allocate reserves the lowest free value in [lo, hi] of pool for owner.
+// Allocations are persistent: a value stays taken until Release, so two
+// VMs never share a CID, slot or uid, whatever their ids.
+func (s *Store) Allocate(pool string, lo, hi uint64, owner string) (uint64, error) {
+	if lo > hi {
+		return 0, fmt.Errorf("pool %s: empty range %d-%d", pool, lo, hi)
+	}
+	var got uint64
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.Bucket(bucketAlloc).CreateBucketIfNotExists([]byte(pool))
+		if err != nil {
+			return err
+		}
+		// Keys are big-endian, so the cursor walks values in order and
+		// the first gap is the lowest free value.
+		next := lo
+		c := b.Cursor()
+		for k, _ := c.Seek(u64(lo)); k != nil; k, _ = c.Next() {
+			v := binary.BigEndian.Uint64(k)
+			if v > hi || v != next {
+				break
+			}
+			next++
+			if next == 0 { // wrapped around
+				return fmt.Errorf("pool %s: %w", pool, ErrFull)
+			}
+		}
+		if next > hi {
+			return fmt.Errorf("pool %s (%d-%d): %w", pool, lo, hi, ErrFull)
+		}
+		got = next
+		return b.Put(u64(next), []byte(owner))
+	})
+	return got, err
+}
+
+// Release frees a value; releasing a free value is not an error.
+func (s *Store) Release(pool string, v uint64) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAlloc).Bucket([]byte(pool))
+		if b == nil {
+			return nil
+		}
+		return b.Delete(u64(v))
+	})
+}
+
+// Allocations returns the taken values of pool and their owners.
+func (s *Store) Allocations(pool string) (map[uint64]string, error) {
+	out := map[uint64]string{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAlloc).Bucket([]byte(pool))
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			out[binary.BigEndian.Uint64(k)] = string(v)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Pools lists the allocation pools that exist.
+func (s *Store) Pools() ([]string, error) {
+	var out []string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketAlloc).ForEachBucket(func(k []byte) error {
+			out = append(out, string(k))
+			return nil
+		})
+	})
+	sort.Strings(out)
+	return out, err
+}

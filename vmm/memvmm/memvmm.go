@@ -1,0 +1,316 @@
+package memvmm
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/hearth-vm/hearth/vmm"
+)
+
+// Name is the backend's name.
+const Name = "mem"
+
+type phase int
+
+const (
+	launched phase = iota
+	configured
+	running
+	paused
+	exited
+)
+
+func (p phase) String() string {
+	return [...]string{"launched", "configured", "running", "paused", "exited"}[p]
+}
+
+// Backend is an in-memory VMM backend. The zero value is not usable; call
+// New.
+type Backend struct {
+	mu        sync.Mutex
+	nextPid   int
+	machines  map[int]*Machine
+	snapshots map[string]snapshot
+}
+
+type snapshot struct {
+	cfg vmm.Config
+	mem string // the memory path recorded with the snapshot
+}
+
+// New returns an empty backend.
+func New() *Backend {
+	return &Backend{nextPid: 1 << 22, machines: map[int]*Machine{}, snapshots: map[string]snapshot{}}
+}
+
+// Name implements vmm.Backend.
+func (b *Backend) Name() string { return Name }
+
+// Launch implements vmm.Backend.
+func (b *Backend) Launch(ctx context.Context, spec vmm.LaunchSpec) (vmm.Machine, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if spec.VMID == "" {
+		return nil, fmt.Errorf("memvmm: launch without a vm id")
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.nextPid++
+	m := &Machine{b: b, id: spec.VMID, done: make(chan struct{}),
+		handle: vmm.Handle{Backend: Name, Pid: b.nextPid, StartTime: uint64(b.nextPid), Dir: spec.Dir}}
+	b.machines[m.handle.Pid] = m
+	return m, nil
+}
+
+// Adopt implements vmm.Backend: it finds a machine of this Backend that
+// has not exited.
+func (b *Backend) Adopt(ctx context.Context, h vmm.Handle) (vmm.Machine, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	m, ok := b.machines[h.Pid]
+	if !ok || m.handle.StartTime != h.StartTime {
+		return nil, fmt.Errorf("memvmm pid %d: %w", h.Pid, vmm.ErrGone)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.released = false
+	return m, nil
+}
+
+// Live returns the number of machines that have not exited.
+func (b *Backend) Live() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.machines)
+}
+
+// Snapshots returns the number of snapshots held.
+func (b *Backend) Snapshots() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.snapshots)
+}
+
+// Forget drops the snapshot recorded at statePath (the runtime deleted
+// its files).
+func (b *Backend) Forget(statePath string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.snapshots, statePath)
+}
+
+// Machine is one in-memory VM.
+type Machine struct {
+	b      *Backend
+	id     string
+	handle vmm.Handle
+
+	mu       sync.Mutex
+	phase    phase
+	cfg      vmm.Config
+	exit     vmm.ExitStatus
+	done     chan struct{}
+	released bool
+}
+
+var _ vmm.Machine = (*Machine)(nil)
+
+func refuse(op string, format string, a ...any) error {
+	return &vmm.RequestError{Method: "MEM", Path: op, Status: 400, Body: fmt.Sprintf(format, a...)}
+}
+
+// Handle implements vmm.Machine.
+func (m *Machine) Handle() vmm.Handle { return m.handle }
+
+// Config returns the configuration the machine was given.
+func (m *Machine) Config() vmm.Config {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cfg
+}
+
+// State returns the machine's phase as text, for tests.
+func (m *Machine) State() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.phase.String()
+}
+
+func (m *Machine) step(op string, from phase, to phase) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.phase != from {
+		return refuse(op, "%s is not allowed while %s", op, m.phase)
+	}
+	m.phase = to
+	return nil
+}
+
+// Configure implements vmm.Machine.
+func (m *Machine) Configure(ctx context.Context, cfg vmm.Config) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	roots := 0
+	for _, d := range cfg.Drives {
+		if d.Root {
+			roots++
+		}
+	}
+	switch {
+	case cfg.VCPUs < 1 || cfg.MemoryMiB < 1:
+		return refuse("configure", "vcpus and memory must be positive")
+	case cfg.Kernel == "":
+		return refuse("configure", "no kernel")
+	case roots != 1:
+		return refuse("configure", "want exactly one root drive, got %d", roots)
+	}
+	if err := m.step("configure", launched, configured); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.cfg = cfg
+	m.mu.Unlock()
+	return nil
+}
+
+// LoadSnapshot implements vmm.Machine.
+func (m *Machine) LoadSnapshot(ctx context.Context, req vmm.LoadRequest) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m.b.mu.Lock()
+	s, ok := m.b.snapshots[req.StatePath]
+	m.b.mu.Unlock()
+	if !ok {
+		return refuse("load", "no snapshot at %s", req.StatePath)
+	}
+	if req.MemBackend == vmm.MemFile && req.MemPath != s.mem {
+		return refuse("load", "memory file %s does not belong to snapshot %s", req.MemPath, req.StatePath)
+	}
+	to := paused
+	if req.Resume {
+		to = running
+	}
+	if err := m.step("load", launched, to); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.cfg = s.cfg
+	drives := append([]vmm.Drive(nil), m.cfg.Drives...)
+	for _, o := range req.DriveOverrides {
+		found := false
+		for i := range drives {
+			if drives[i].ID == o.ID {
+				drives[i].Path, found = o.Path, true
+			}
+		}
+		if !found {
+			m.phase = launched
+			m.mu.Unlock()
+			return refuse("load", "drive override for unknown drive %q", o.ID)
+		}
+	}
+	m.cfg.Drives = drives
+	if req.VsockUDSPath != "" && m.cfg.Vsock != nil {
+		v := *m.cfg.Vsock
+		v.UDSPath = req.VsockUDSPath
+		m.cfg.Vsock = &v
+	}
+	m.mu.Unlock()
+	return nil
+}
+
+// Start implements vmm.Machine.
+func (m *Machine) Start(ctx context.Context) error { return m.step("start", configured, running) }
+
+// Pause implements vmm.Machine.
+func (m *Machine) Pause(ctx context.Context) error { return m.step("pause", running, paused) }
+
+// Resume implements vmm.Machine.
+func (m *Machine) Resume(ctx context.Context) error { return m.step("resume", paused, running) }
+
+// Snapshot implements vmm.Machine: the VM must be paused.
+func (m *Machine) Snapshot(ctx context.Context, req vmm.SnapshotRequest) error {
+	m.mu.Lock()
+	ph, cfg := m.phase, m.cfg
+	m.mu.Unlock()
+	if ph != paused {
+		return refuse("snapshot", "snapshot is only allowed while paused, not %s", ph)
+	}
+	if req.Diff && !cfg.TrackDirtyPages {
+		return refuse("snapshot", "diff snapshots need dirty page tracking")
+	}
+	if req.StatePath == "" || req.MemPath == "" {
+		return refuse("snapshot", "state and memory paths are required")
+	}
+	m.b.mu.Lock()
+	m.b.snapshots[req.StatePath] = snapshot{cfg: cfg, mem: req.MemPath}
+	m.b.mu.Unlock()
+	return nil
+}
+
+func (m *Machine) exitNow(st vmm.ExitStatus) {
+	m.mu.Lock()
+	if m.phase == exited {
+		m.mu.Unlock()
+		return
+	}
+	m.phase = exited
+	st.Exited = true
+	m.exit = st
+	m.mu.Unlock()
+	m.b.mu.Lock()
+	delete(m.b.machines, m.handle.Pid)
+	m.b.mu.Unlock()
+	close(m.done)
+}
+
+// Shutdown implements vmm.Machine.
+func (m *Machine) Shutdown(ctx context.Context) error {
+	m.exitNow(vmm.ExitStatus{Code: 0, Expected: true})
+	return nil
+}
+
+// Kill implements vmm.Machine.
+func (m *Machine) Kill() error {
+	m.exitNow(vmm.ExitStatus{Code: -1, Signal: "SIGKILL", Expected: true})
+	return nil
+}
+
+// Crash makes the machine exit as if the VMM died unexpectedly.
+func (m *Machine) Crash() {
+	m.exitNow(vmm.ExitStatus{Code: -1, Signal: "SIGKILL"})
+}
+
+// Done implements vmm.Machine.
+func (m *Machine) Done() <-chan struct{} { return m.done }
+
+// ExitStatus implements vmm.Machine.
+func (m *Machine) ExitStatus() vmm.ExitStatus {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.exit
+}
+
+// Release implements vmm.Machine; the machine stays in the Backend for a
+// later Adopt.
+func (m *Machine) Release() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.released = true
+}
+
+// Find returns the live machine launched for vmID, or nil.
+func (b *Backend) Find(vmID string) *Machine {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, m := range b.machines {
+		if m.id == vmID {
+			return m
+		}
+	}
+	return nil
+}
