@@ -169,6 +169,8 @@ func (e *Error) Error() string {
 		b.WriteString("snapshot already exists")
 	case KindSnapshotNotFound:
 		b.WriteString("snapshot not found")
+	case KindStatePoisoned:
+		b.WriteString("state store unavailable")
 	case KindInvalidTransition:
 		b.WriteString("invalid transition")
 		if e.From != "" {

@@ -108,7 +108,6 @@ type Runtime struct {
 type vmEntry struct {
 	mu      sync.Mutex
 	rec     store.VM
-	spec    Spec
 	machine vmm.Machine
 	gone    bool
 	view    atomic.Pointer[store.VM]

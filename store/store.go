@@ -400,3 +400,23 @@ func (s *Store) Pools() ([]string, error) {
 	sort.Strings(out)
 	return out, err
 }
+
+// OpenReadOnly opens an existing store for reading while no runtime holds
+// it (a runtime's exclusive lock makes it fail with ErrLocked, naming the
+// owner's pid).
+func OpenReadOnly(dir string) (*Store, error) {
+	p := filepath.Join(dir, "hearth.db")
+	if _, err := os.Stat(p); err != nil {
+		return nil, fmt.Errorf("no hearth state in %s: %w", dir, err)
+	}
+	lf, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	db, err := bolt.Open(p, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("open %s: %w", p, err)
+	}
+	return &Store{db: db, lock: lf, dir: dir}, nil
+}

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/hearth-vm/hearth"
+	"github.com/spf13/cobra"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+type globals struct {
+	stateDir string
+	logLevel string
+	log      *slog.Logger
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRoot().ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "hearth:", err)
+		os.Exit(exitCode(err))
+	}
+}
+
+// exitCode maps error kinds to distinct exit codes so scripts can react.
+func exitCode(err error) int {
+	switch hearth.KindOf(err) {
+	case hearth.KindInvalidArgument:
+		return 2
+	case hearth.KindVMNotFound, hearth.KindSnapshotNotFound:
+		return 3
+	case hearth.KindVMAlreadyExists, hearth.KindSnapshotAlreadyExists, hearth.KindInvalidTransition:
+		return 4
+	}
+	return 1
+}
+
+func newRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:   "hearth",
+		Short: "Run, snapshot and restore microVMs",
+		Long: `hearth boots, pauses, snapshots, restores, clones and destroys Firecracker
+and QEMU microvm virtual machines on this host.
+
+The state of every VM lives in a state dir (--state-dir, $HEARTH_STATE_DIR,
+default /var/lib/hearth). Commands that only read it (ps, inspect) work
+without a daemon.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
+				return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "flags", Err: fmt.Errorf("--log-level: %w", err)}
+			}
+			g.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+			return nil
+		},
+	}
+	def := os.Getenv("HEARTH_STATE_DIR")
+	if def == "" {
+		def = "/var/lib/hearth"
+	}
+	root.PersistentFlags().StringVar(&g.stateDir, "state-dir", def, "hearth state directory ($HEARTH_STATE_DIR)")
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
+	root.AddCommand(versionCmd(), psCmd(g), inspectCmd(g), demoCmd(g))
+	return root
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print hearth's version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, args []string) {
+			fmt.Fprintf(cmd.OutOrStdout(), "hearth %s\n", version)
+		},
+	}
+}

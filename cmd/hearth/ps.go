@@ -1,0 +1,113 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hearth-vm/hearth"
+	"github.com/hearth-vm/hearth/store"
+	"github.com/spf13/cobra"
+)
+
+// readState opens the state dir read-only. It fails with a clear message
+// when a runtime holds the dir.
+func readState(g *globals) (*store.Store, error) {
+	st, err := store.OpenReadOnly(g.stateDir)
+	if err != nil {
+		return nil, &hearth.Error{Kind: hearth.KindStatePoisoned, Op: "read state", Err: err}
+	}
+	return st, nil
+}
+
+func psCmd(g *globals) *cobra.Command {
+	var asJSON, all bool
+	cmd := &cobra.Command{
+		Use:   "ps",
+		Short: "List VMs",
+		Long:  "List the VMs recorded in the state dir with their status, backend and VMM pid.",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := readState(g)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			recs, err := st.ListVMs()
+			if err != nil {
+				return &hearth.Error{Kind: hearth.KindStatePoisoned, Op: "ps", Err: err}
+			}
+			views := hearth.ViewsFromRecords(recs)
+			if !all {
+				kept := views[:0]
+				for _, v := range views {
+					if v.Status != hearth.StatusStopped && v.Status != hearth.StatusCrashed {
+						kept = append(kept, v)
+					}
+				}
+				views = kept
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), views)
+			}
+			printViews(cmd.OutOrStdout(), views, time.Now())
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVarP(&all, "all", "a", false, "include stopped and crashed VMs")
+	return cmd
+}
+
+func printViews(w io.Writer, views []hearth.View, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATUS\tBACKEND\tPID\tVCPUS\tMEMORY\tAGE")
+	for _, v := range views {
+		pid := "-"
+		if v.Pid > 0 {
+			pid = fmt.Sprint(v.Pid)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\n", v.ID, v.Status, v.Backend, pid, v.Spec.VCPUs, v.Spec.MemoryMiB,
+			now.Sub(v.CreatedAt).Round(time.Second))
+	}
+	tw.Flush()
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func inspectCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "inspect VM",
+		Short: "Show everything recorded about a VM",
+		Long:  "Print a VM's record as JSON: view, spec, VMM handle, directory and the host resources it holds.",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := readState(g)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			rec, err := st.GetVM(args[0])
+			if errors.Is(err, store.ErrNotFound) {
+				return &hearth.Error{Kind: hearth.KindVMNotFound, Op: "inspect", VM: args[0]}
+			}
+			if err != nil {
+				return &hearth.Error{Kind: hearth.KindStatePoisoned, Op: "inspect", VM: args[0], Err: err}
+			}
+			out := struct {
+				hearth.View
+				Key       string           `json:"key"`
+				Handle    any              `json:"handle,omitempty"`
+				Resources []store.Resource `json:"resources,omitempty"`
+			}{hearth.ViewsFromRecords([]store.VM{rec})[0], rec.Key, rec.Handle, rec.Resources}
+			return writeJSON(cmd.OutOrStdout(), out)
+		},
+	}
+}
