@@ -1,0 +1,276 @@
+package firecracker
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// JailedAPISocket is the API socket path as the jailed Firecracker sees
+// it (the jailer's documented default).
+const JailedAPISocket = "/run/firecracker.socket"
+
+// cpuPeriodUS is the CFS period the CPU quota is expressed in.
+const cpuPeriodUS = 100000
+
+// JailerCommand describes one invocation of Firecracker's jailer. Args
+// turns it into the command line; it does no I/O.
+type JailerCommand struct {
+	// ID is the VM id (alphanumerics and '-', at most 64 bytes).
+	ID string
+	// ExecFile is the absolute path of the Firecracker binary.
+	ExecFile      string
+	UID, GID      int
+	ChrootBaseDir string
+	// CgroupVersion is 1 or 2 (the jailer defaults to 1; hearth always
+	// says which).
+	CgroupVersion int
+	// ParentCgroup is the cgroup the VM's cgroup is created under; empty
+	// leaves the jailer's default (the exec file's name).
+	ParentCgroup string
+	// CPUQuota is the share of one CPU (1.5 = 150 %); 0 = unlimited.
+	CPUQuota float64
+	// MemoryMax is in bytes; 0 = unlimited.
+	MemoryMax int64
+	// PidsMax is the task limit; 0 = unlimited.
+	PidsMax int64
+	// NetNS is the path of a network namespace to join; empty = none.
+	NetNS string
+	// NoFile and FSize are --resource-limit values; 0 leaves the jailer's
+	// default (no-file 2048, fsize unlimited).
+	NoFile uint64
+	FSize  uint64
+	// FirecrackerArgs follow "--" and go to Firecracker unchanged.
+	FirecrackerArgs []string
+}
+
+// validInstanceID follows Firecracker's rule for --id (jailer and VMM
+// alike): ASCII alphanumerics and '-', 1–64 bytes.
+func validInstanceID(s string) bool {
+	if s == "" || len(s) > maxIDLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// CgroupArgs returns the --cgroup values for the limits, with the file
+// names of the given cgroup version. cgroup v1 splits the CPU quota into
+// period and quota files and calls the memory limit memory.limit_in_bytes;
+// v2 has cpu.max "<quota> <period>" and memory.max.
+func CgroupArgs(version int, cpuQuota float64, memoryMax, pidsMax int64) []string {
+	var out []string
+	if cpuQuota > 0 {
+		quota := int64(math.Round(cpuQuota * cpuPeriodUS))
+		if quota < 1000 {
+			quota = 1000 // the kernel's minimum quota is 1 ms
+		}
+		if version == 1 {
+			out = append(out,
+				"cpu.cfs_period_us="+strconv.Itoa(cpuPeriodUS),
+				"cpu.cfs_quota_us="+strconv.FormatInt(quota, 10))
+		} else {
+			out = append(out, "cpu.max="+strconv.FormatInt(quota, 10)+" "+strconv.Itoa(cpuPeriodUS))
+		}
+	}
+	if memoryMax > 0 {
+		if version == 1 {
+			out = append(out, "memory.limit_in_bytes="+strconv.FormatInt(memoryMax, 10))
+		} else {
+			out = append(out, "memory.max="+strconv.FormatInt(memoryMax, 10))
+		}
+	}
+	if pidsMax > 0 {
+		out = append(out, "pids.max="+strconv.FormatInt(pidsMax, 10))
+	}
+	return out
+}
+
+// cgroupControllers lists the v1 controllers CgroupArgs uses, for cleanup.
+var cgroupControllers = []string{"cpu", "memory", "pids"}
+
+// Validate checks the command's inputs.
+func (j JailerCommand) Validate() error {
+	var errs []error
+	if !validInstanceID(j.ID) {
+		errs = append(errs, invalid("vmid", "%q must be 1–64 characters of [A-Za-z0-9-] under the jailer", j.ID))
+	}
+	if !filepath.IsAbs(j.ExecFile) {
+		errs = append(errs, invalid("binary", "the jailer needs an absolute exec file, got %q", j.ExecFile))
+	}
+	if j.UID < 0 || j.GID < 0 {
+		errs = append(errs, invalid("jail.uid", "uid %d / gid %d must not be negative", j.UID, j.GID))
+	}
+	if !filepath.IsAbs(j.ChrootBaseDir) {
+		errs = append(errs, invalid("jail.chroot_base_dir", "must be an absolute path, got %q", j.ChrootBaseDir))
+	}
+	if j.CgroupVersion != 1 && j.CgroupVersion != 2 {
+		errs = append(errs, invalid("jail.cgroup_version", "%d is neither 1 nor 2", j.CgroupVersion))
+	}
+	if j.CPUQuota < 0 || math.IsNaN(j.CPUQuota) || math.IsInf(j.CPUQuota, 0) {
+		errs = append(errs, invalid("jail.cpu_quota", "%v is not a non-negative number", j.CPUQuota))
+	}
+	if j.MemoryMax < 0 {
+		errs = append(errs, invalid("jail.memory_max", "%d is negative", j.MemoryMax))
+	}
+	if j.PidsMax < 0 {
+		errs = append(errs, invalid("jail.pids_max", "%d is negative", j.PidsMax))
+	}
+	if j.NetNS != "" && !filepath.IsAbs(j.NetNS) {
+		errs = append(errs, invalid("netns", "must be an absolute path, got %q", j.NetNS))
+	}
+	return errors.Join(errs...)
+}
+
+// Args returns the jailer's arguments (without argv[0]). The order is
+// fixed so the command line can be golden-tested.
+func (j JailerCommand) Args() ([]string, error) {
+	if err := j.Validate(); err != nil {
+		return nil, err
+	}
+	args := []string{
+		"--id", j.ID,
+		"--exec-file", j.ExecFile,
+		"--uid", strconv.Itoa(j.UID),
+		"--gid", strconv.Itoa(j.GID),
+		"--chroot-base-dir", j.ChrootBaseDir,
+		"--cgroup-version", strconv.Itoa(j.CgroupVersion),
+	}
+	if j.ParentCgroup != "" {
+		args = append(args, "--parent-cgroup", j.ParentCgroup)
+	}
+	for _, c := range CgroupArgs(j.CgroupVersion, j.CPUQuota, j.MemoryMax, j.PidsMax) {
+		args = append(args, "--cgroup", c)
+	}
+	if j.NetNS != "" {
+		args = append(args, "--netns", j.NetNS)
+	}
+	if j.NoFile > 0 {
+		args = append(args, "--resource-limit", "no-file="+strconv.FormatUint(j.NoFile, 10))
+	}
+	if j.FSize > 0 {
+		args = append(args, "--resource-limit", "fsize="+strconv.FormatUint(j.FSize, 10))
+	}
+	// A new pid namespace makes Firecracker its init: when it dies every
+	// process it might have left dies with it. The jailer then exits and
+	// leaves Firecracker's pid in <chroot>/<exec name>.pid.
+	args = append(args, "--new-pid-ns", "--")
+	return append(args, j.FirecrackerArgs...), nil
+}
+
+// JailDir is the jailer's per-VM directory <base>/<exec name>/<id>; the
+// chroot is its "root" subdirectory.
+func (j JailerCommand) JailDir() string {
+	return filepath.Join(j.ChrootBaseDir, filepath.Base(j.ExecFile), j.ID)
+}
+
+// Chroot is the directory the jailed Firecracker sees as "/".
+func (j JailerCommand) Chroot() string { return filepath.Join(j.JailDir(), "root") }
+
+// PidFile is where the jailer records Firecracker's pid.
+func (j JailerCommand) PidFile() string {
+	return filepath.Join(j.Chroot(), filepath.Base(j.ExecFile)+".pid")
+}
+
+// cgroupDirs lists the cgroup directories the jailer creates for this VM,
+// under root (normally /sys/fs/cgroup), so they can be removed once the
+// VM is gone.
+func (j JailerCommand) cgroupDirs(root string) []string {
+	parent := j.ParentCgroup
+	if parent == "" {
+		parent = filepath.Base(j.ExecFile)
+	}
+	if j.CgroupVersion == 2 {
+		return []string{filepath.Join(root, parent, j.ID)}
+	}
+	var dirs []string
+	for _, c := range cgroupControllers {
+		dirs = append(dirs, filepath.Join(root, c, parent, j.ID))
+	}
+	return dirs
+}
+
+// linkOrCopy makes dst refer to the contents of src: a hard link when
+// both are on one filesystem (instant, no extra space), a copy otherwise.
+// An existing dst that already is src is kept.
+func linkOrCopy(src, dst string) error {
+	sst, err := os.Stat(src)
+	if err != nil {
+		return fmt.Errorf("stage %s: %w", src, err)
+	}
+	if !sst.Mode().IsRegular() {
+		return fmt.Errorf("stage %s: not a regular file", src)
+	}
+	if dstat, err := os.Stat(dst); err == nil {
+		if os.SameFile(sst, dstat) {
+			return nil
+		}
+		if err := os.Remove(dst); err != nil {
+			return fmt.Errorf("replace stale %s: %w", dst, err)
+		}
+	}
+	err = os.Link(src, dst)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EXDEV) && !errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("link %s into jail: %w", src, err)
+	}
+	return copyFile(src, dst, sst.Mode().Perm())
+}
+
+// copyFile copies src to a new file dst; a partial dst is removed.
+func copyFile(src, dst string, perm os.FileMode) (err error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if err != nil {
+		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	defer func() {
+		if cerr := out.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("copy %s: %w", src, cerr)
+		}
+		if err != nil {
+			os.Remove(dst)
+		}
+	}()
+	// io.Copy uses copy_file_range on Linux, so the kernel moves the data.
+	if _, err := io.Copy(out, in); err != nil {
+		return fmt.Errorf("copy %s to %s: %w", src, dst, err)
+	}
+	return nil
+}
+
+// moveFile renames src to dst, copying across filesystems.
+func moveFile(src, dst string) error {
+	err := os.Rename(src, dst)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EXDEV) {
+		return fmt.Errorf("move %s to %s: %w", src, dst, err)
+	}
+	st, err := os.Stat(src)
+	if err != nil {
+		return fmt.Errorf("move %s: %w", src, err)
+	}
+	if err := copyFile(src, dst, st.Mode().Perm()); err != nil {
+		return err
+	}
+	return os.Remove(src)
+}
