@@ -425,3 +425,19 @@ func findAlloc(res []store.Resource, pool string) (uint64, bool) {
 	}
 	return 0, false
 }
+
+// Backends returns the names of the registered backends, sorted.
+func (r *Runtime) Backends() []string {
+	names := make([]string, 0, len(r.backends))
+	for n := range r.backends {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// DefaultBackend returns the backend used when a Spec names none.
+func (r *Runtime) DefaultBackend() string { return r.def }
+
+// StateDir returns the runtime's state directory.
+func (r *Runtime) StateDir() string { return r.cfg.StateDir }

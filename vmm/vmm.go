@@ -243,10 +243,10 @@ type ExitStatus struct {
 // RequestError is a request the VMM refused: it carries enough to tell
 // "the VMM answered 400" from "the VMM is unreachable".
 type RequestError struct {
-	Method string
-	Path   string
-	Status int
-	Body   string // the VMM's fault message or raw body
+	Method string `json:"method"`
+	Path   string `json:"path"`
+	Status int    `json:"status"`
+	Body   string `json:"body"` // the VMM's fault message or raw body
 }
 
 func (e *RequestError) Error() string {

@@ -1,0 +1,274 @@
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/hearth-vm/hearth"
+	"github.com/hearth-vm/hearth/api"
+)
+
+// Client talks to a hearth daemon.
+type Client struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+// New returns a client for the daemon listening on a unix socket.
+func New(socket string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		MaxIdleConnsPerHost: 16,
+	}
+	return &Client{base: "http://hearth", http: &http.Client{Transport: tr}}
+}
+
+// NewTCP returns a client for a daemon's TCP listener (which requires the
+// bearer token). addr is host:port.
+func NewTCP(addr, token string) *Client {
+	return &Client{base: "http://" + addr, token: token, http: &http.Client{}}
+}
+
+// Close releases idle connections.
+func (c *Client) Close() error {
+	c.http.CloseIdleConnections()
+	return nil
+}
+
+// do sends a request and decodes a JSON response into out (unless nil).
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return &hearth.Error{Kind: hearth.KindStatePoisoned, Op: method + " " + path, Err: fmt.Errorf("daemon unreachable: %w", err)}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return decodeError(resp)
+	}
+	if out == nil {
+		io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decode %s %s response: %w", method, path, err)
+	}
+	return nil
+}
+
+func decodeError(resp *http.Response) error {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	var env api.ErrorEnvelope
+	if err := json.Unmarshal(b, &env); err != nil || env.Error.Message == "" {
+		return &hearth.Error{Kind: hearth.KindUnknown, Err: fmt.Errorf("daemon answered %s: %s", resp.Status, strings.TrimSpace(string(b)))}
+	}
+	return env.Error.ToError()
+}
+
+func esc(s string) string { return url.PathEscape(s) }
+
+// Create creates a VM.
+func (c *Client) Create(ctx context.Context, id string, spec hearth.Spec) (hearth.View, error) {
+	var v hearth.View
+	err := c.do(ctx, "POST", "/v1/vms", api.CreateRequest{ID: id, Spec: spec}, &v)
+	return v, err
+}
+
+// CreateAndStart creates a VM and boots it in one request.
+func (c *Client) CreateAndStart(ctx context.Context, id string, spec hearth.Spec) (hearth.View, error) {
+	var v hearth.View
+	err := c.do(ctx, "POST", "/v1/vms", api.CreateRequest{ID: id, Spec: spec, Start: true}, &v)
+	return v, err
+}
+
+// Get returns one VM.
+func (c *Client) Get(ctx context.Context, id string) (hearth.View, error) {
+	var v hearth.View
+	err := c.do(ctx, "GET", "/v1/vms/"+esc(id), nil, &v)
+	return v, err
+}
+
+// List returns every VM.
+func (c *Client) List(ctx context.Context) ([]hearth.View, error) {
+	return c.ListFiltered(ctx, nil, "")
+}
+
+// ListFiltered returns the VMs carrying every label (key or key=value)
+// and, when status is set, in that status.
+func (c *Client) ListFiltered(ctx context.Context, labels []string, status hearth.Status) ([]hearth.View, error) {
+	q := url.Values{}
+	for _, l := range labels {
+		q.Add("label", l)
+	}
+	if status != "" {
+		q.Set("status", string(status))
+	}
+	path := "/v1/vms"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var out api.VMList
+	err := c.do(ctx, "GET", path, nil, &out)
+	return out.VMs, err
+}
+
+func (c *Client) action(ctx context.Context, id, verb string) (hearth.View, error) {
+	var v hearth.View
+	err := c.do(ctx, "POST", "/v1/vms/"+esc(id)+"/"+verb, nil, &v)
+	return v, err
+}
+
+// Start boots a VM.
+func (c *Client) Start(ctx context.Context, id string) (hearth.View, error) {
+	return c.action(ctx, id, "start")
+}
+
+// Pause pauses a VM.
+func (c *Client) Pause(ctx context.Context, id string) (hearth.View, error) {
+	return c.action(ctx, id, "pause")
+}
+
+// Resume resumes a VM.
+func (c *Client) Resume(ctx context.Context, id string) (hearth.View, error) {
+	return c.action(ctx, id, "resume")
+}
+
+// Stop shuts a VM down.
+func (c *Client) Stop(ctx context.Context, id string) (hearth.View, error) {
+	return c.action(ctx, id, "stop")
+}
+
+// Destroy destroys a VM.
+func (c *Client) Destroy(ctx context.Context, id string) error {
+	return c.do(ctx, "DELETE", "/v1/vms/"+esc(id), nil, nil)
+}
+
+// Rename gives a VM a new id.
+func (c *Client) Rename(ctx context.Context, id, newID string) (hearth.View, error) {
+	var v hearth.View
+	err := c.do(ctx, "POST", "/v1/vms/"+esc(id)+"/rename", api.RenameRequest{NewID: newID}, &v)
+	return v, err
+}
+
+// Snapshot snapshots a VM.
+func (c *Client) Snapshot(ctx context.Context, id, name string) (hearth.SnapshotView, error) {
+	var v hearth.SnapshotView
+	err := c.do(ctx, "POST", "/v1/vms/"+esc(id)+"/snapshots", api.SnapshotRequest{Name: name}, &v)
+	return v, err
+}
+
+// Restore creates a VM from a snapshot.
+func (c *Client) Restore(ctx context.Context, rs hearth.RestoreSpec) (hearth.View, error) {
+	var v hearth.View
+	err := c.do(ctx, "POST", "/v1/snapshots/"+esc(rs.Snapshot)+"/restore", api.RestoreRequest{VM: rs.VM, Paused: rs.Paused,
+		MemoryBackend: rs.MemoryBackend, Prefetch: rs.Prefetch, Labels: rs.Labels}, &v)
+	return v, err
+}
+
+// Snapshots lists snapshots.
+func (c *Client) Snapshots(ctx context.Context) ([]hearth.SnapshotView, error) {
+	var out api.SnapshotList
+	err := c.do(ctx, "GET", "/v1/snapshots", nil, &out)
+	return out.Snapshots, err
+}
+
+// GetSnapshot returns one snapshot.
+func (c *Client) GetSnapshot(ctx context.Context, name string) (hearth.SnapshotView, error) {
+	var v hearth.SnapshotView
+	err := c.do(ctx, "GET", "/v1/snapshots/"+esc(name), nil, &v)
+	return v, err
+}
+
+// DeleteSnapshot deletes a snapshot.
+func (c *Client) DeleteSnapshot(ctx context.Context, name string) error {
+	return c.do(ctx, "DELETE", "/v1/snapshots/"+esc(name), nil, nil)
+}
+
+// System describes the daemon.
+func (c *Client) System(ctx context.Context) (api.System, error) {
+	var s api.System
+	err := c.do(ctx, "GET", "/v1/system", nil, &s)
+	return s, err
+}
+
+// Ping checks that the daemon answers.
+func (c *Client) Ping(ctx context.Context) error {
+	return c.do(ctx, "GET", "/healthz", nil, nil)
+}
+
+// Events streams lifecycle events (optionally of one VM) until ctx ends
+// or the connection drops; the channel is closed then.
+func (c *Client) Events(ctx context.Context, vm string) (<-chan hearth.Event, error) {
+	path := "/v1/events"
+	if vm != "" {
+		path += "?vm=" + url.QueryEscape(vm)
+	}
+	req, err := http.NewRequestWithContext(ctx, "GET", c.base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, &hearth.Error{Kind: hearth.KindStatePoisoned, Op: "events", Err: fmt.Errorf("daemon unreachable: %w", err)}
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		return nil, decodeError(resp)
+	}
+	ch := make(chan hearth.Event, 16)
+	go func() {
+		defer close(ch)
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			line := sc.Text()
+			data, ok := strings.CutPrefix(line, "data: ")
+			if !ok || data == "{}" {
+				continue
+			}
+			var e hearth.Event
+			if json.Unmarshal([]byte(data), &e) != nil {
+				continue
+			}
+			select {
+			case ch <- e:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return ch, nil
+}
+

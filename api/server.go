@@ -1,0 +1,522 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hearth-vm/hearth"
+)
+
+// MaxBodyBytes bounds every request body.
+const MaxBodyBytes = 1 << 20
+
+//go:embed openapi.json
+var openAPIDoc []byte
+
+// OpenAPI returns the checked-in OpenAPI 3 document.
+func OpenAPI() []byte { return bytes.Clone(openAPIDoc) }
+
+// Runtime is what the server needs from hearth.Runtime.
+type Runtime interface {
+	Create(ctx context.Context, id string, spec hearth.Spec) (hearth.View, error)
+	Get(ctx context.Context, id string) (hearth.View, error)
+	List(ctx context.Context) ([]hearth.View, error)
+	Start(ctx context.Context, id string) (hearth.View, error)
+	Pause(ctx context.Context, id string) (hearth.View, error)
+	Resume(ctx context.Context, id string) (hearth.View, error)
+	Stop(ctx context.Context, id string) (hearth.View, error)
+	Destroy(ctx context.Context, id string) error
+	Rename(ctx context.Context, id, newID string) (hearth.View, error)
+	Snapshot(ctx context.Context, id, name string) (hearth.SnapshotView, error)
+	Restore(ctx context.Context, rs hearth.RestoreSpec) (hearth.View, error)
+	Snapshots(ctx context.Context) ([]hearth.SnapshotView, error)
+	GetSnapshot(ctx context.Context, name string) (hearth.SnapshotView, error)
+	DeleteSnapshot(ctx context.Context, name string) error
+	Reconciled() hearth.ReconcileReport
+	Backends() []string
+	DefaultBackend() string
+	StateDir() string
+}
+
+// System describes the daemon.
+type System struct {
+	Version        string                 `json:"version"`
+	StateDir       string                 `json:"state_dir"`
+	Backends       []string               `json:"backends"`
+	DefaultBackend string                 `json:"default_backend"`
+	StartedAt      time.Time              `json:"started_at"`
+	Reconcile      hearth.ReconcileReport `json:"reconcile"`
+}
+
+// Request bodies.
+type (
+	// CreateRequest creates a VM; Start boots it right away.
+	CreateRequest struct {
+		ID    string      `json:"id"`
+		Spec  hearth.Spec `json:"spec"`
+		Start bool        `json:"start,omitempty"`
+	}
+	// SnapshotRequest names a new snapshot.
+	SnapshotRequest struct {
+		Name string `json:"name"`
+	}
+	// RenameRequest gives a VM a new id.
+	RenameRequest struct {
+		NewID string `json:"new_id"`
+	}
+	// RestoreRequest restores the snapshot named in the path.
+	RestoreRequest struct {
+		VM            string            `json:"vm"`
+		Paused        bool              `json:"paused,omitempty"`
+		MemoryBackend string            `json:"memory_backend,omitempty"`
+		Prefetch      bool              `json:"prefetch,omitempty"`
+		Labels        map[string]string `json:"labels,omitempty"`
+	}
+	// VMList is the body of GET /v1/vms.
+	VMList struct {
+		VMs []hearth.View `json:"vms"`
+	}
+	// SnapshotList is the body of GET /v1/snapshots.
+	SnapshotList struct {
+		Snapshots []hearth.SnapshotView `json:"snapshots"`
+	}
+)
+
+// Route is one method + path pattern the server serves.
+type Route struct {
+	Method string
+	Path   string
+}
+
+// Server serves the API for one Runtime.
+type Server struct {
+	rt      Runtime
+	log     *slog.Logger
+	version string
+	started time.Time
+	mux     *http.ServeMux
+	routes  []Route
+	events  *Broker
+}
+
+// Options configure a Server.
+type Options struct {
+	Version string
+	Logger  *slog.Logger
+	// Events feeds GET /v1/events; nil disables the stream (404).
+	Events *Broker
+}
+
+// NewServer builds the API handler for rt.
+func NewServer(rt Runtime, o Options) *Server {
+	s := &Server{rt: rt, log: o.Logger, version: o.Version, started: time.Now().UTC(), mux: http.NewServeMux(), events: o.Events}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.handle("GET /healthz", s.healthz)
+	s.handle("GET /v1/openapi.json", s.openapi)
+	s.handle("GET /v1/system", s.system)
+	s.handle("GET /v1/vms", s.listVMs)
+	s.handle("POST /v1/vms", s.createVM)
+	s.handle("GET /v1/vms/{id}", s.getVM)
+	s.handle("DELETE /v1/vms/{id}", s.destroyVM)
+	s.handle("POST /v1/vms/{id}/start", s.action(func(ctx context.Context, id string) (hearth.View, error) { return s.rt.Start(ctx, id) }))
+	s.handle("POST /v1/vms/{id}/pause", s.action(func(ctx context.Context, id string) (hearth.View, error) { return s.rt.Pause(ctx, id) }))
+	s.handle("POST /v1/vms/{id}/resume", s.action(func(ctx context.Context, id string) (hearth.View, error) { return s.rt.Resume(ctx, id) }))
+	s.handle("POST /v1/vms/{id}/stop", s.action(func(ctx context.Context, id string) (hearth.View, error) { return s.rt.Stop(ctx, id) }))
+	s.handle("POST /v1/vms/{id}/rename", s.renameVM)
+	s.handle("POST /v1/vms/{id}/snapshots", s.snapshotVM)
+	s.handle("GET /v1/snapshots", s.listSnapshots)
+	s.handle("GET /v1/snapshots/{name}", s.getSnapshot)
+	s.handle("DELETE /v1/snapshots/{name}", s.deleteSnapshot)
+	s.handle("POST /v1/snapshots/{name}/restore", s.restore)
+	s.handle("GET /v1/events", s.streamEvents)
+	return s
+}
+
+func (s *Server) handle(pattern string, h http.HandlerFunc) {
+	method, path, _ := strings.Cut(pattern, " ")
+	s.routes = append(s.routes, Route{Method: method, Path: path})
+	s.mux.HandleFunc(pattern, h)
+}
+
+// Routes lists every route, for the OpenAPI consistency test.
+func (s *Server) Routes() []Route { return append([]Route(nil), s.routes...) }
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	t0 := time.Now()
+	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+	s.mux.ServeHTTP(sw, r)
+	s.log.Debug("api", "method", r.Method, "path", r.URL.Path, "status", sw.status, "took", time.Since(t0))
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// WithToken requires "Authorization: Bearer <token>" on every request;
+// used for TCP listeners, which unlike the unix socket have no file
+// permissions to rely on.
+func WithToken(token string, h http.Handler) http.Handler {
+	want := "Bearer " + token
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if token == "" || !constantTimeEqual(r.Header.Get("Authorization"), want) {
+			writeError(w, &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "auth", Err: errors.New("missing or wrong bearer token")}, http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func constantTimeEqual(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	var v byte
+	for i := 0; i < len(a); i++ {
+		v |= a[i] ^ b[i]
+	}
+	return v == 0
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, err error, status int) {
+	if status == 0 {
+		status = StatusOf(hearth.KindOf(err))
+	}
+	writeJSON(w, status, ErrorEnvelope{Error: bodyOf(err)})
+}
+
+// decode reads one JSON value strictly: size-limited, unknown fields
+// refused, trailing data refused.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "decode", Err: fmt.Errorf("request body exceeds %d bytes", MaxBodyBytes)}
+		}
+		return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "decode", Err: fmt.Errorf("request body: %w", err)}
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "decode", Err: errors.New("request body: trailing data after the JSON value")}
+	}
+	return nil
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain")
+	io.WriteString(w, "ok\n")
+}
+
+func (s *Server) openapi(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(openAPIDoc)
+}
+
+func (s *Server) system(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, System{Version: s.version, StateDir: s.rt.StateDir(), Backends: s.rt.Backends(),
+		DefaultBackend: s.rt.DefaultBackend(), StartedAt: s.started, Reconcile: s.rt.Reconciled()})
+}
+
+// labelFilter parses ?label=k=v (repeatable; all must match) and
+// ?label=k (key present).
+func labelFilter(r *http.Request) (func(map[string]string) bool, error) {
+	var conds [][2]string
+	for _, l := range r.URL.Query()["label"] {
+		k, v, hasV := strings.Cut(l, "=")
+		if k == "" {
+			return nil, &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "list", Err: fmt.Errorf("label filter %q: want key or key=value", l)}
+		}
+		if !hasV {
+			v = "\x00any"
+		}
+		conds = append(conds, [2]string{k, v})
+	}
+	return func(labels map[string]string) bool {
+		for _, c := range conds {
+			got, ok := labels[c[0]]
+			if !ok || (c[1] != "\x00any" && got != c[1]) {
+				return false
+			}
+		}
+		return true
+	}, nil
+}
+
+func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
+	match, err := labelFilter(r)
+	if err != nil {
+		writeError(w, err, 0)
+		return
+	}
+	if st := r.URL.Query().Get("status"); st != "" && !hearth.Status(st).Valid() {
+		writeError(w, &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "list", Err: fmt.Errorf("unknown status %q", st)}, 0)
+		return
+	}
+	views, err := s.rt.List(r.Context())
+	if err != nil {
+		writeError(w, err, 0)
+		return
+	}
+	out := VMList{VMs: []hearth.View{}}
+	st := hearth.Status(r.URL.Query().Get("status"))
+	for _, v := range views {
+		if match(v.Spec.Labels) && (st == "" || v.Status == st) {
+			out.VMs = append(out.VMs, v)
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
+	var req CreateRequest
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, err, 0)
+		return
+	}
+	v, err := s.rt.Create(r.Context(), req.ID, req.Spec)
+	if err != nil {
+		writeError(w, err, 0)
+		return
+	}
+	if req.Start {
+		if v, err = s.rt.Start(r.Context(), req.ID); err != nil {
+			writeError(w, err, 0)
+			return
+		}
+	}
+	writeJSON(w, http.StatusCreated, v)
+}
+
+func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
+	v, err := s.rt.Get(r.Context(), r.PathValue("id"))
+	if err != nil {
+		writeError(w, err, 0)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+func (s *Server) destroyVM(w http.ResponseWriter, r *http.Request) {
+	if err := s.rt.Destroy(r.Context(), r.PathValue("id")); err != nil {
+		writeError(w, err, 0)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) action(f func(context.Context, string) (hearth.View, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		v, err := f(r.Context(), r.PathValue("id"))
+		if err != nil {
+			writeError(w, err, 0)
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	}
+}
+
+func (s *Server) renameVM(w http.ResponseWriter, r *http.Request) {
+	var req RenameRequest
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, err, 0)
+		return
+	}
+	v, err := s.rt.Rename(r.Context(), r.PathValue("id"), req.NewID)
+	if err != nil {
+		writeError(w, err, 0)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+func (s *Server) snapshotVM(w http.ResponseWriter, r *http.Request) {
+	var req SnapshotRequest
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, err, 0)
+		return
+	}
+	sv, err := s.rt.Snapshot(r.Context(), r.PathValue("id"), req.Name)
+	if err != nil {
+		writeError(w, err, 0)
+		return
+	}
+	writeJSON(w, http.StatusCreated, sv)
+}
+
+func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) {
+	snaps, err := s.rt.Snapshots(r.Context())
+	if err != nil {
+		writeError(w, err, 0)
+		return
+	}
+	if vm := r.URL.Query().Get("vm"); vm != "" {
+		kept := snaps[:0]
+		for _, sv := range snaps {
+			if sv.SourceVM == vm {
+				kept = append(kept, sv)
+			}
+		}
+		snaps = kept
+	}
+	if snaps == nil {
+		snaps = []hearth.SnapshotView{}
+	}
+	writeJSON(w, http.StatusOK, SnapshotList{Snapshots: snaps})
+}
+
+func (s *Server) getSnapshot(w http.ResponseWriter, r *http.Request) {
+	sv, err := s.rt.GetSnapshot(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeError(w, err, 0)
+		return
+	}
+	writeJSON(w, http.StatusOK, sv)
+}
+
+func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
+	if err := s.rt.DeleteSnapshot(r.Context(), r.PathValue("name")); err != nil {
+		writeError(w, err, 0)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) restore(w http.ResponseWriter, r *http.Request) {
+	var req RestoreRequest
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, err, 0)
+		return
+	}
+	v, err := s.rt.Restore(r.Context(), hearth.RestoreSpec{Snapshot: r.PathValue("name"), VM: req.VM, Paused: req.Paused,
+		MemoryBackend: req.MemoryBackend, Prefetch: req.Prefetch, Labels: req.Labels})
+	if err != nil {
+		writeError(w, err, 0)
+		return
+	}
+	writeJSON(w, http.StatusCreated, v)
+}
+
+// Broker fans lifecycle events out to event-stream subscribers. Publish
+// never blocks: a subscriber that falls behind loses events and is told
+// so by a "lagged" event.
+type Broker struct {
+	mu   sync.Mutex
+	subs map[chan hearth.Event]*bool
+}
+
+// NewBroker returns an empty broker.
+func NewBroker() *Broker { return &Broker{subs: map[chan hearth.Event]*bool{}} }
+
+// Publish delivers e to every subscriber; use it as hearth.Config.OnEvent.
+func (b *Broker) Publish(e hearth.Event) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for ch, lagged := range b.subs {
+		select {
+		case ch <- e:
+		default:
+			*lagged = true
+		}
+	}
+}
+
+// Subscribe returns a channel of events and a cancel function.
+func (b *Broker) Subscribe() (<-chan hearth.Event, func() bool) {
+	ch := make(chan hearth.Event, 256)
+	lagged := new(bool)
+	b.mu.Lock()
+	b.subs[ch] = lagged
+	b.mu.Unlock()
+	return ch, func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		l := *lagged
+		*lagged = false
+		return l
+	}
+}
+
+// Unsubscribe stops delivery to ch.
+func (b *Broker) Unsubscribe(ch <-chan hearth.Event) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for c := range b.subs {
+		if c == ch {
+			delete(b.subs, c)
+		}
+	}
+}
+
+func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request) {
+	if s.events == nil {
+		writeError(w, &hearth.Error{Kind: hearth.KindUnsupported, Op: "events", Err: errors.New("event stream not enabled")}, 0)
+		return
+	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		writeError(w, errors.New("streaming unsupported"), 0)
+		return
+	}
+	vm := r.URL.Query().Get("vm")
+	ch, lagged := s.events.Subscribe()
+	defer s.events.Unsubscribe(ch)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	io.WriteString(w, ": hearth events\n\n")
+	flusher.Flush()
+	keepalive := time.NewTicker(15 * time.Second)
+	defer keepalive.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-keepalive.C:
+			io.WriteString(w, ": keepalive\n\n")
+		case e := <-ch:
+			if lagged() {
+				io.WriteString(w, "event: lagged\ndata: {}\n\n")
+			}
+			if vm != "" && e.VM != vm {
+				continue
+			}
+			b, _ := json.Marshal(e)
+			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", e.Type, b)
+		}
+		flusher.Flush()
+	}
+}
