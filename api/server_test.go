@@ -226,7 +226,6 @@ func TestErrorsOverSocket(t *testing.T) {
 	}
 }
 
-
 type errRuntime struct{ err error }
 
 func (f errRuntime) Create(context.Context, string, hearth.Spec) (hearth.View, error) {
@@ -253,10 +252,10 @@ func (f errRuntime) GetSnapshot(context.Context, string) (hearth.SnapshotView, e
 	return hearth.SnapshotView{}, f.err
 }
 func (f errRuntime) DeleteSnapshot(context.Context, string) error { return f.err }
-func (f errRuntime) Reconciled() hearth.ReconcileReport         { return hearth.ReconcileReport{} }
-func (f errRuntime) Backends() []string                         { return nil }
-func (f errRuntime) DefaultBackend() string                     { return "" }
-func (f errRuntime) StateDir() string                           { return "" }
+func (f errRuntime) Reconciled() hearth.ReconcileReport           { return hearth.ReconcileReport{} }
+func (f errRuntime) Backends() []string                           { return nil }
+func (f errRuntime) DefaultBackend() string                       { return "" }
+func (f errRuntime) StateDir() string                             { return "" }
 
 func TestEveryKindMapsToStatus(t *testing.T) {
 	want := map[hearth.Kind]int{

@@ -271,4 +271,3 @@ func (c *Client) Events(ctx context.Context, vm string) (<-chan hearth.Event, er
 	}()
 	return ch, nil
 }
-
