@@ -9,13 +9,11 @@ import (
 	"time"
 
 	"github.com/hearth-vm/hearth"
-	"github.com/hearth-vm/hearth/vmm"
-	"github.com/hearth-vm/hearth/vmm/memvmm"
 	"github.com/spf13/cobra"
 )
 
 func demoCmd(g *globals) *cobra.Command {
-	var backend string
+	var bf backendFlags
 	var keep bool
 	cmd := &cobra.Command{
 		Use:   "demo",
@@ -25,8 +23,11 @@ clone) → stop → destroy, printing each step and its duration, then remove
 everything it made.
 
 Backends:
-  mem   the in-memory backend: the real runtime (store, pipeline, state
-        machine, snapshots, rollback) with no guest. Works on any machine.
+  mem          the in-memory backend: the real runtime (store, pipeline,
+               state machine, snapshots, rollback) with no guest. Works on
+               any machine.
+  firecracker  real Firecracker processes (--firecracker-bin; the
+               simulator hearth-fcsim works too).
 
 The demo uses a fresh temporary state dir unless --state-dir is given
 explicitly.`,
@@ -36,21 +37,18 @@ explicitly.`,
 			if cmd.Flags().Changed("state-dir") {
 				stateDir = g.stateDir
 			}
-			return runDemo(cmd.Context(), cmd.OutOrStdout(), g, backend, stateDir, keep)
+			return runDemo(cmd.Context(), cmd.OutOrStdout(), g, &bf, stateDir, keep)
 		},
 	}
-	cmd.Flags().StringVar(&backend, "backend", "mem", "VMM backend: mem")
+	bf.register(cmd.Flags(), "mem")
 	cmd.Flags().BoolVar(&keep, "keep", false, "keep the temporary state dir for inspection")
 	return cmd
 }
 
-func runDemo(ctx context.Context, out io.Writer, g *globals, backend, stateDir string, keep bool) error {
-	var b vmm.Backend
-	switch backend {
-	case "mem":
-		b = memvmm.New()
-	default:
-		return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "demo", Err: fmt.Errorf("unknown backend %q (have: mem)", backend)}
+func runDemo(ctx context.Context, out io.Writer, g *globals, bf *backendFlags, stateDir string, keep bool) error {
+	backends, def, err := bf.build(g.log)
+	if err != nil {
+		return err
 	}
 	work, err := os.MkdirTemp("", "hearth-demo-")
 	if err != nil {
@@ -64,21 +62,22 @@ func runDemo(ctx context.Context, out io.Writer, g *globals, backend, stateDir s
 	if stateDir == "" {
 		stateDir = filepath.Join(work, "state")
 	}
-	// The in-memory backend boots nothing, but the runtime still checks
-	// that the kernel and rootfs it is given exist.
+	// No guest image is part of the demo yet: the in-memory backend and
+	// the simulator boot nothing, but the runtime checks that the kernel
+	// and rootfs it is given exist.
 	kernel, rootfs := filepath.Join(work, "vmlinux"), filepath.Join(work, "rootfs.ext4")
 	for _, f := range []string{kernel, rootfs} {
 		if err := os.WriteFile(f, []byte("placeholder for the in-memory backend\n"), 0o600); err != nil {
 			return err
 		}
 	}
-	rt, err := hearth.Open(ctx, hearth.Config{StateDir: stateDir, Backends: []vmm.Backend{b}, Logger: g.log})
+	rt, err := hearth.Open(ctx, hearth.Config{StateDir: stateDir, Backends: backends, DefaultBackend: def, Logger: g.log})
 	if err != nil {
 		return err
 	}
 	defer rt.Close()
-	fmt.Fprintf(out, "hearth demo: backend %s, state dir %s\n", b.Name(), stateDir)
-	if backend == "mem" {
+	fmt.Fprintf(out, "hearth demo: backend %s, state dir %s\n", def, stateDir)
+	if def == "mem" {
 		fmt.Fprintln(out, "(in-memory backend: the full runtime runs, no guest boots)")
 	}
 	agent := true

@@ -17,6 +17,8 @@ var version = "dev"
 
 type globals struct {
 	stateDir string
+	socket   string
+	output   string
 	logLevel string
 	log      *slog.Logger
 }
@@ -53,14 +55,18 @@ func newRoot() *cobra.Command {
 and QEMU microvm virtual machines on this host.
 
 The state of every VM lives in a state dir (--state-dir, $HEARTH_STATE_DIR,
-default /var/lib/hearth). Commands that only read it (ps, inspect) work
-without a daemon.`,
+default /var/lib/hearth). The daemon ("hearth serve") owns the state dir; the
+other commands talk to it over its socket (--socket, $HEARTH_SOCKET).
+ps and inspect also work without a daemon, reading the state dir.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
 			var lvl slog.Level
 			if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
 				return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "flags", Err: fmt.Errorf("--log-level: %w", err)}
+			}
+			if g.output != "table" && g.output != "json" {
+				return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "flags", Err: fmt.Errorf("--output %q: want table or json", g.output)}
 			}
 			g.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 			return nil
@@ -71,8 +77,11 @@ without a daemon.`,
 		def = "/var/lib/hearth"
 	}
 	root.PersistentFlags().StringVar(&g.stateDir, "state-dir", def, "hearth state directory ($HEARTH_STATE_DIR)")
+	root.PersistentFlags().StringVar(&g.socket, "socket", socketDefault(), "daemon socket ($HEARTH_SOCKET)")
+	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
-	root.AddCommand(versionCmd(), psCmd(g), inspectCmd(g), demoCmd(g))
+	root.AddCommand(versionCmd(), psCmd(g), inspectCmd(g), demoCmd(g), serveCmd(g))
+	root.AddCommand(lifecycleCmds(g)...)
 	return root
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,19 +29,13 @@ func psCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "ps",
 		Short: "List VMs",
-		Long:  "List the VMs recorded in the state dir with their status, backend and VMM pid.",
+		Long:  "List VMs with their status, backend and VMM pid: from the daemon when one runs, else straight from the state dir.",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := readState(g)
+			views, err := listViews(cmd.Context(), g)
 			if err != nil {
 				return err
 			}
-			defer st.Close()
-			recs, err := st.ListVMs()
-			if err != nil {
-				return &hearth.Error{Kind: hearth.KindStatePoisoned, Op: "ps", Err: err}
-			}
-			views := hearth.ViewsFromRecords(recs)
 			if !all {
 				kept := views[:0]
 				for _, v := range views {
@@ -50,7 +45,7 @@ func psCmd(g *globals) *cobra.Command {
 				}
 				views = kept
 			}
-			if asJSON {
+			if asJSON || g.output == "json" {
 				return writeJSON(cmd.OutOrStdout(), views)
 			}
 			printViews(cmd.OutOrStdout(), views, time.Now())
@@ -60,6 +55,24 @@ func psCmd(g *globals) *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().BoolVarP(&all, "all", "a", false, "include stopped and crashed VMs")
 	return cmd
+}
+
+// listViews asks the daemon when one answers on the socket, and reads the
+// state dir directly otherwise.
+func listViews(ctx context.Context, g *globals) ([]hearth.View, error) {
+	if c, err := daemon(ctx, g); err == nil {
+		return c.List(ctx)
+	}
+	st, err := readState(g)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	recs, err := st.ListVMs()
+	if err != nil {
+		return nil, &hearth.Error{Kind: hearth.KindStatePoisoned, Op: "ps", Err: err}
+	}
+	return hearth.ViewsFromRecords(recs), nil
 }
 
 func printViews(w io.Writer, views []hearth.View, now time.Time) {
@@ -76,6 +89,10 @@ func printViews(w io.Writer, views []hearth.View, now time.Time) {
 	tw.Flush()
 }
 
+func writeJSONLine(w io.Writer, v any) error {
+	return json.NewEncoder(w).Encode(v)
+}
+
 func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -86,9 +103,16 @@ func inspectCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "inspect VM",
 		Short: "Show everything recorded about a VM",
-		Long:  "Print a VM's record as JSON: view, spec, VMM handle, directory and the host resources it holds.",
+		Long:  "Print a VM as JSON: from the daemon when one runs; without one, the whole record from the state dir (view, spec, VMM handle, key and the host resources it holds).",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if c, err := daemon(cmd.Context(), g); err == nil {
+				v, err := c.Get(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				return writeJSON(cmd.OutOrStdout(), v)
+			}
 			st, err := readState(g)
 			if err != nil {
 				return err

@@ -1,0 +1,194 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hearth-vm/hearth"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// hearthBin builds the hearth binary once per test run.
+func hearthBin(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "hearth-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "hearth")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = errors.New(string(out))
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("build hearth: %v", buildErr)
+	}
+	return binPath
+}
+
+type cli struct {
+	t      *testing.T
+	bin    string
+	socket string
+	state  string
+}
+
+func (c *cli) run(args ...string) (string, int) {
+	c.t.Helper()
+	cmd := exec.Command(c.bin, append([]string{"--socket", c.socket, "--state-dir", c.state}, args...)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		c.t.Fatal(err)
+	}
+	return out.String(), code
+}
+
+func (c *cli) ok(args ...string) string {
+	c.t.Helper()
+	out, code := c.run(args...)
+	if code != 0 {
+		c.t.Fatalf("hearth %s: exit %d\n%s", strings.Join(args, " "), code, out)
+	}
+	return out
+}
+
+func TestEveryCommandHasHelp(t *testing.T) {
+	bin := hearthBin(t)
+	root := newRoot()
+	for _, c := range root.Commands() {
+		cmds := [][]string{{c.Name()}}
+		for _, sub := range c.Commands() {
+			cmds = append(cmds, []string{c.Name(), sub.Name()})
+		}
+		for _, args := range cmds {
+			out, err := exec.Command(bin, append(args, "--help")...).CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "Usage:") {
+				t.Errorf("hearth %s --help: %v\n%s", strings.Join(args, " "), err, out)
+			}
+		}
+	}
+}
+
+func TestDaemonAndCLI(t *testing.T) {
+	bin := hearthBin(t)
+	dir := t.TempDir()
+	sockDir, _ := os.MkdirTemp("", "hcli")
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	c := &cli{t: t, bin: bin, socket: filepath.Join(sockDir, "h.sock"), state: filepath.Join(dir, "state")}
+	k, r := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "rootfs.ext4")
+	os.WriteFile(k, []byte("k"), 0o600)
+	os.WriteFile(r, []byte("r"), 0o600)
+
+	// Without a daemon, commands that need one say so.
+	if out, code := c.run("start", "x"); code != 1 || !strings.Contains(out, "hearth serve") {
+		t.Fatalf("no daemon: exit %d: %s", code, out)
+	}
+
+	serve := exec.Command(bin, "serve", "--backend", "mem", "--socket", c.socket, "--state-dir", c.state)
+	var serveOut bytes.Buffer
+	serve.Stdout, serve.Stderr = &serveOut, &serveOut
+	if err := serve.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- serve.Wait() }()
+	t.Cleanup(func() {
+		serve.Process.Kill()
+		<-done
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(c.socket); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon did not start: %s", serveOut.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if fi, _ := os.Stat(c.socket); fi.Mode().Perm() != 0o660 {
+		t.Errorf("socket mode %v", fi.Mode().Perm())
+	}
+
+	c.ok("create", "vm1", "--kernel", k, "--rootfs", r, "--cpus", "2", "--memory", "256", "--label", "team=a")
+	c.ok("start", "vm1")
+	c.ok("pause", "vm1")
+	c.ok("resume", "vm1")
+	c.ok("snapshot", "create", "vm1", "warm")
+	c.ok("restore", "warm", "clone1")
+	c.ok("rename", "clone1", "tenant1")
+	var views []hearth.View
+	if err := json.Unmarshal([]byte(c.ok("ps", "-o", "json")), &views); err != nil || len(views) != 2 {
+		t.Fatalf("ps json: %v %+v", err, views)
+	}
+	if out := c.ok("ps"); !strings.Contains(out, "tenant1") || !strings.Contains(out, "running") {
+		t.Fatalf("ps: %s", out)
+	}
+	if out := c.ok("snapshot", "ls"); !strings.Contains(out, "warm") {
+		t.Fatalf("snapshot ls: %s", out)
+	}
+	if out := c.ok("inspect", "vm1"); !strings.Contains(out, `"vcpus": 2`) {
+		t.Fatalf("inspect: %s", out)
+	}
+	// Exit codes: 3 not found, 4 conflict, 2 bad input.
+	for _, tc := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"start", "nope"}, 3},
+		{[]string{"pause", "vm1", "--output", "json"}, 0},
+		{[]string{"pause", "vm1"}, 4},
+		{[]string{"create", "vm1", "--kernel", k, "--rootfs", r}, 4},
+		{[]string{"create", "../bad", "--kernel", k, "--rootfs", r}, 2},
+		{[]string{"create", "x", "--label", "nokey"}, 2},
+		{[]string{"ps", "--output", "yaml"}, 2},
+	} {
+		if out, code := c.run(tc.args...); code != tc.code {
+			t.Errorf("hearth %s: exit %d, want %d\n%s", strings.Join(tc.args, " "), code, tc.code, out)
+		}
+	}
+	c.ok("stop", "vm1")
+	c.ok("rm", "vm1", "tenant1")
+	c.ok("snapshot", "rm", "warm")
+	if out := c.ok("ps", "-a"); strings.Contains(out, "vm1") {
+		t.Fatalf("left after rm: %s", out)
+	}
+
+	// SIGTERM: the daemon exits cleanly and removes its socket.
+	serve.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("daemon exit: %v\n%s", err, serveOut.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("daemon did not exit on SIGTERM")
+	}
+	done <- nil // for the cleanup
+	if _, err := os.Stat(c.socket); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("socket left behind")
+	}
+}

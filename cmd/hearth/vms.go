@@ -1,0 +1,348 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hearth-vm/hearth"
+	"github.com/hearth-vm/hearth/api/client"
+	"github.com/spf13/cobra"
+)
+
+// daemon connects to the daemon's socket and checks it answers.
+func daemon(ctx context.Context, g *globals) (*client.Client, error) {
+	c := client.New(g.socket)
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := c.Ping(pctx); err != nil {
+		return nil, &hearth.Error{Kind: hearth.KindStatePoisoned, Op: "connect",
+			Err: fmt.Errorf("no hearth daemon answers on %s (start one with `hearth serve`, or set --socket/$HEARTH_SOCKET)", g.socket)}
+	}
+	return c, nil
+}
+
+func (g *globals) print(w io.Writer, v any, table func(io.Writer)) error {
+	if g.output == "json" {
+		return writeJSON(w, v)
+	}
+	table(w)
+	return nil
+}
+
+func printView(w io.Writer, v hearth.View) {
+	fmt.Fprintf(w, "%s %s\n", v.ID, v.Status)
+}
+
+// vmVerb builds start/pause/resume/stop, which all take VM ids and print
+// the resulting views.
+func vmVerb(g *globals, use, short, long string, call func(*client.Client, context.Context, string) (hearth.View, error)) *cobra.Command {
+	return &cobra.Command{
+		Use:   use + " VM...",
+		Short: short,
+		Long:  long,
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := daemon(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, id := range args {
+				v, err := call(c, cmd.Context(), id)
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				g.print(cmd.OutOrStdout(), v, func(w io.Writer) { printView(w, v) })
+			}
+			return errors.Join(errs...)
+		},
+	}
+}
+
+func lifecycleCmds(g *globals) []*cobra.Command {
+	return []*cobra.Command{
+		createCmd(g),
+		vmVerb(g, "start", "Boot VMs", "Boot created VMs, or cold-boot stopped or crashed ones (fresh VMM, same disk).", (*client.Client).Start),
+		vmVerb(g, "pause", "Pause VMs", "Freeze running VMs' vCPUs; memory stays allocated.", (*client.Client).Pause),
+		vmVerb(g, "resume", "Resume paused VMs", "Continue paused VMs.", (*client.Client).Resume),
+		vmVerb(g, "stop", "Shut VMs down", "Ask each guest to power off, then signal its VMM after the stop timeout. Disk and resources stay; start boots it again.", (*client.Client).Stop),
+		rmCmd(g), renameCmd(g), snapshotCmd(g), restoreCmd(g), eventsCmd(g),
+	}
+}
+
+func createCmd(g *globals) *cobra.Command {
+	var spec hearth.Spec
+	var labels, drives []string
+	var agent, start bool
+	cmd := &cobra.Command{
+		Use:   "create VM",
+		Short: "Create a VM",
+		Long: `Create a VM: allocate its resources, launch and configure its VMM. The guest
+boots on "hearth start" (or right away with --start). Unset options take the
+daemon's defaults.`,
+		Example: `  hearth create web1 --kernel /img/vmlinux --rootfs /img/rootfs.ext4 --cpus 2 --memory 512 --start
+  hearth create job7 --image default --label tenant=acme --drive id=data,path=/srv/data.img,ro`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			bad := func(err error) error { return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "create", VM: args[0], Err: err} }
+			for _, l := range labels {
+				k, v, ok := strings.Cut(l, "=")
+				if !ok || k == "" {
+					return bad(fmt.Errorf("--label %q: want key=value", l))
+				}
+				if spec.Labels == nil {
+					spec.Labels = map[string]string{}
+				}
+				spec.Labels[k] = v
+			}
+			for _, d := range drives {
+				ds, err := parseDrive(d)
+				if err != nil {
+					return bad(err)
+				}
+				spec.Drives = append(spec.Drives, ds)
+			}
+			if cmd.Flags().Changed("agent") {
+				spec.Agent = &agent
+			}
+			c, err := daemon(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			call := c.Create
+			if start {
+				call = c.CreateAndStart
+			}
+			v, err := call(cmd.Context(), args[0], spec)
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), v, func(w io.Writer) { printView(w, v) })
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&spec.Backend, "backend", "", "VMM backend (default: the daemon's)")
+	f.StringVar(&spec.Image, "image", "", "catalog image")
+	f.StringVar(&spec.Kernel, "kernel", "", "kernel (vmlinux) path")
+	f.StringVar(&spec.Initrd, "initrd", "", "initrd path")
+	f.StringVar(&spec.Rootfs, "rootfs", "", "root filesystem image path")
+	f.BoolVar(&spec.RootfsReadOnly, "rootfs-ro", false, "attach the rootfs read-only and shared instead of cloning it")
+	f.IntVar(&spec.VCPUs, "cpus", 0, "vCPUs")
+	f.IntVar(&spec.MemoryMiB, "memory", 0, "memory in MiB")
+	f.BoolVar(&spec.HugePages, "huge-pages", false, "back guest memory with 2 MiB huge pages")
+	f.StringVar(&spec.BootArgs, "boot-args", "", "kernel command line")
+	f.BoolVar(&spec.TrackDirtyPages, "track-dirty-pages", false, "enable diff snapshots")
+	f.BoolVar(&agent, "agent", false, "give the VM a vsock device for the guest agent")
+	f.StringArrayVar(&labels, "label", nil, "label key=value (repeatable)")
+	f.StringArrayVar(&drives, "drive", nil, "extra drive id=ID,path=PATH[,ro] (repeatable)")
+	f.BoolVar(&start, "start", false, "boot the VM right away")
+	return cmd
+}
+
+func parseDrive(s string) (hearth.DriveSpec, error) {
+	var d hearth.DriveSpec
+	for _, part := range strings.Split(s, ",") {
+		k, v, _ := strings.Cut(part, "=")
+		switch k {
+		case "id":
+			d.ID = v
+		case "path":
+			d.Path = v
+		case "ro":
+			d.ReadOnly = true
+		default:
+			return d, fmt.Errorf("--drive %q: unknown key %q (want id=,path=,ro)", s, k)
+		}
+	}
+	if d.ID == "" || d.Path == "" {
+		return d, fmt.Errorf("--drive %q: id and path are required", s)
+	}
+	return d, nil
+}
+
+func rmCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "rm VM...",
+		Aliases: []string{"destroy"},
+		Short:   "Destroy VMs",
+		Long:    "Kill each VM's VMM, release every host resource it holds and remove its record. Snapshots taken from it are kept.",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := daemon(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, id := range args {
+				if err := c.Destroy(cmd.Context(), id); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				if g.output != "json" {
+					fmt.Fprintln(cmd.OutOrStdout(), id)
+				}
+			}
+			return errors.Join(errs...)
+		},
+	}
+}
+
+func renameCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "rename VM NEW-ID",
+		Short: "Give a VM a new id",
+		Long:  "Rename a VM, e.g. to hand a pre-restored pool VM to the tenant claiming it. Nothing on disk moves and the VMM is not disturbed.",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := daemon(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			v, err := c.Rename(cmd.Context(), args[0], args[1])
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), v, func(w io.Writer) { printView(w, v) })
+		},
+	}
+}
+
+func snapshotCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "snapshot",
+		Short: "Create, list and remove snapshots",
+		Long:  "Snapshots hold a VM's memory, device state and (for VMs with their own disk) a copy of its disk. They outlive the VM and can be restored any number of times.",
+	}
+	create := &cobra.Command{
+		Use:   "create VM NAME",
+		Short: "Snapshot a VM (a running VM is paused for the write and resumed)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := daemon(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			sv, err := c.Snapshot(cmd.Context(), args[0], args[1])
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), sv, func(w io.Writer) { fmt.Fprintf(w, "%s from %s in %s\n", sv.Name, sv.SourceVM, sv.Dir) })
+		},
+	}
+	ls := &cobra.Command{
+		Use:   "ls",
+		Short: "List snapshots",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := daemon(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			snaps, err := c.Snapshots(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), snaps, func(w io.Writer) {
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "NAME\tSOURCE VM\tBACKEND\tCREATED")
+				for _, s := range snaps {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Name, s.SourceVM, s.Backend, s.CreatedAt.Format(time.RFC3339))
+				}
+				tw.Flush()
+			})
+		},
+	}
+	rm := &cobra.Command{
+		Use:   "rm NAME...",
+		Short: "Delete snapshots",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := daemon(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, n := range args {
+				errs = append(errs, c.DeleteSnapshot(cmd.Context(), n))
+			}
+			return errors.Join(errs...)
+		},
+	}
+	cmd.AddCommand(create, ls, rm)
+	return cmd
+}
+
+func restoreCmd(g *globals) *cobra.Command {
+	var rs hearth.RestoreSpec
+	var labels []string
+	cmd := &cobra.Command{
+		Use:     "restore SNAPSHOT VM",
+		Short:   "Create a VM from a snapshot",
+		Long:    "Restore a snapshot into a new VM (a clone with its own disk copy and vsock socket). It runs unless --paused.",
+		Example: "  hearth restore warm-python sandbox-42 --label tenant=acme",
+		Args:    cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rs.Snapshot, rs.VM = args[0], args[1]
+			for _, l := range labels {
+				k, v, ok := strings.Cut(l, "=")
+				if !ok || k == "" {
+					return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "restore", Err: fmt.Errorf("--label %q: want key=value", l)}
+				}
+				if rs.Labels == nil {
+					rs.Labels = map[string]string{}
+				}
+				rs.Labels[k] = v
+			}
+			c, err := daemon(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			v, err := c.Restore(cmd.Context(), rs)
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), v, func(w io.Writer) { printView(w, v) })
+		},
+	}
+	cmd.Flags().BoolVar(&rs.Paused, "paused", false, "leave the restored VM paused")
+	cmd.Flags().StringVar(&rs.MemoryBackend, "memory-backend", "", "file (default) or uffd (lazy restore)")
+	cmd.Flags().BoolVar(&rs.Prefetch, "prefetch", false, "with uffd: copy the recorded working set eagerly")
+	cmd.Flags().StringArrayVar(&labels, "label", nil, "extra label key=value (repeatable)")
+	return cmd
+}
+
+func eventsCmd(g *globals) *cobra.Command {
+	var vm string
+	cmd := &cobra.Command{
+		Use:   "events",
+		Short: "Stream lifecycle events",
+		Long:  "Print lifecycle events (created, started, paused, resumed, stopped, crashed, destroyed, renamed, snapshot, restored) as they happen, until interrupted.",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := daemon(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			ch, err := c.Events(cmd.Context(), vm)
+			if err != nil {
+				return err
+			}
+			for e := range ch {
+				if g.output == "json" {
+					writeJSONLine(cmd.OutOrStdout(), e)
+					continue
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s %-10s %-20s %s %s\n", e.Time.Format(time.RFC3339Nano), e.Type, e.VM, e.Status, e.Detail)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&vm, "vm", "", "only this VM's events")
+	return cmd
+}
