@@ -90,7 +90,9 @@ daemon's defaults.`,
   hearth create job7 --image default --label tenant=acme --drive id=data,path=/srv/data.img,ro`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			bad := func(err error) error { return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "create", VM: args[0], Err: err} }
+			bad := func(err error) error {
+				return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "create", VM: args[0], Err: err}
+			}
 			for _, l := range labels {
 				k, v, ok := strings.Cut(l, "=")
 				if !ok || k == "" {
