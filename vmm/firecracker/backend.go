@@ -56,6 +56,8 @@ const (
 	ExtraVMID          = "vmid"
 	ExtraLog           = "log"
 	ExtraMetrics       = "metrics_fifo"
+	// ExtraLinks is a JSON array of host symlinks into the jail.
+	ExtraLinks = "links"
 )
 
 var (
@@ -132,7 +134,7 @@ func New(opts Options) (*Backend, error) {
 	if opts.Binary == "" {
 		opts.Binary = "firecracker"
 	}
-	bin, err := resolveBinary(opts.Binary)
+	bin, err := resolveBinary(opts.Binary, true)
 	if err != nil {
 		return nil, fmt.Errorf("firecracker binary: %w", err)
 	}
@@ -141,7 +143,7 @@ func New(opts Options) (*Backend, error) {
 		if opts.JailerBinary == "" {
 			opts.JailerBinary = "jailer"
 		}
-		j, err := resolveBinary(opts.JailerBinary)
+		j, err := resolveBinary(opts.JailerBinary, false)
 		if err != nil {
 			return nil, fmt.Errorf("jailer binary: %w", err)
 		}
@@ -180,7 +182,7 @@ func (b *Backend) jailerBinary() (string, error) {
 	b.jailerMu.Lock()
 	defer b.jailerMu.Unlock()
 	if b.jailerPath == "" {
-		p, err := resolveBinary("jailer")
+		p, err := resolveBinary("jailer", false)
 		if err != nil {
 			return "", fmt.Errorf("jailer binary: %w", err)
 		}
@@ -195,12 +197,21 @@ func setDefault(d *time.Duration, def time.Duration) {
 	}
 }
 
-func resolveBinary(name string) (string, error) {
+// resolveBinary finds name in PATH and returns its canonical absolute
+// path. Symlinks are resolved because the jailer does the same: it names
+// the chroot after the real file, and hearth must compute that path too.
+//
+// The jailer itself is not canonicalised: a multi-call binary may decide
+// what to be from the name it is started under.
+func resolveBinary(name string, canonical bool) (string, error) {
 	p, err := exec.LookPath(name)
 	if err != nil {
 		return "", err
 	}
-	return filepath.Abs(p)
+	if p, err = filepath.Abs(p); err != nil || !canonical {
+		return p, err
+	}
+	return filepath.EvalSymlinks(p)
 }
 
 // Options returns the effective options (defaults filled in).
@@ -512,10 +523,12 @@ func (l *launch) undo() {
 }
 
 // startInNetNS starts a process inside the network namespace at nsPath
-// (or in the caller's namespace when nsPath is empty). The namespace is
-// entered on a locked OS thread that forks the child — a child inherits
-// its forking thread's namespaces — and the thread is then discarded
-// (never unlocked), so no other goroutine ever runs in the namespace.
+// (or in the caller's namespace when nsPath is empty). A child inherits
+// the namespaces of the thread that forks it, so the namespace is entered
+// on a locked OS thread, the process is started from it, and the thread
+// goes back to its own namespace before it is unlocked. If it cannot go
+// back it stays locked, and the runtime discards it when the goroutine
+// ends: no other goroutine ever runs in the VMM's namespace.
 func startInNetNS(nsPath string, s proc.StartSpec) (*proc.Process, error) {
 	if nsPath == "" {
 		return proc.Start(s)
@@ -527,18 +540,30 @@ func startInNetNS(nsPath string, s proc.StartSpec) (*proc.Process, error) {
 	ch := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread()
-		fd, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{err: fmt.Errorf("open own netns: %w", err)}
+			return
+		}
+		defer unix.Close(orig)
+		target, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
 			ch <- result{err: fmt.Errorf("open netns %s: %w", nsPath, err)}
 			return
 		}
-		err = unix.Setns(fd, unix.CLONE_NEWNET)
-		unix.Close(fd)
+		err = unix.Setns(target, unix.CLONE_NEWNET)
+		unix.Close(target)
 		if err != nil {
+			runtime.UnlockOSThread()
 			ch <- result{err: fmt.Errorf("enter netns %s: %w", nsPath, err)}
 			return
 		}
 		p, err := proc.Start(s)
+		if unix.Setns(orig, unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
 		ch <- result{p, err}
 	}()
 	r := <-ch

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -108,6 +109,9 @@ func (j JailerCommand) Validate() error {
 	}
 	if !filepath.IsAbs(j.ExecFile) {
 		errs = append(errs, invalid("binary", "the jailer needs an absolute exec file, got %q", j.ExecFile))
+	} else if !strings.Contains(filepath.Base(j.ExecFile), "firecracker") {
+		// The jailer refuses any other exec file name.
+		errs = append(errs, invalid("binary", "the jailer only runs a file whose name contains \"firecracker\", got %q", filepath.Base(j.ExecFile)))
 	}
 	if j.UID < 0 || j.GID < 0 {
 		errs = append(errs, invalid("jail.uid", "uid %d / gid %d must not be negative", j.UID, j.GID))

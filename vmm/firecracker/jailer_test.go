@@ -19,7 +19,7 @@ func jailerCmd(version int) JailerCommand {
 }
 
 func TestJailerArgsGolden(t *testing.T) {
-	minimal := JailerCommand{ID: "a", ExecFile: "/fc", ChrootBaseDir: "/j", CgroupVersion: 2,
+	minimal := JailerCommand{ID: "a", ExecFile: "/opt/firecracker-v1.12", ChrootBaseDir: "/j", CgroupVersion: 2,
 		FirecrackerArgs: []string{"--api-sock", JailedAPISocket}}
 	parent := jailerCmd(2)
 	parent.ParentCgroup = "hearth.slice"
@@ -67,6 +67,7 @@ func TestJailerValidate(t *testing.T) {
 		{"underscore in id", func(j *JailerCommand) { j.ID = "vm_1" }},
 		{"long id", func(j *JailerCommand) { j.ID = string(make([]byte, 65)) }},
 		{"relative exec", func(j *JailerCommand) { j.ExecFile = "firecracker" }},
+		{"exec not named firecracker", func(j *JailerCommand) { j.ExecFile = "/usr/bin/qemu" }},
 		{"negative uid", func(j *JailerCommand) { j.UID = -1 }},
 		{"relative base", func(j *JailerCommand) { j.ChrootBaseDir = "jail" }},
 		{"cgroup v3", func(j *JailerCommand) { j.CgroupVersion = 3 }},

@@ -2,6 +2,7 @@ package firecracker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -185,13 +186,22 @@ func (m *Machine) teardownProcess() {
 	m.removeSymlinks()
 }
 
-// Handle implements vmm.Machine.
+// Handle implements vmm.Machine. Under the jailer it changes once
+// Configure or LoadSnapshot has linked a socket path into the jail (the
+// ExtraLinks entry, so an adopting process can remove the links); persist
+// it again after those calls.
 func (m *Machine) Handle() vmm.Handle {
 	h := m.handle
-	h.Extra = make(map[string]string, len(m.handle.Extra))
+	h.Extra = make(map[string]string, len(m.handle.Extra)+1)
 	for k, v := range m.handle.Extra {
 		h.Extra[k] = v
 	}
+	m.mu.Lock()
+	if len(m.symlinks) > 0 {
+		b, _ := json.Marshal(m.symlinks)
+		h.Extra[ExtraLinks] = string(b)
+	}
+	m.mu.Unlock()
 	return h
 }
 
@@ -910,6 +920,12 @@ func (b *Backend) AdoptMachine(ctx context.Context, h vmm.Handle) (*Machine, err
 	m.handle = h
 	m.handle.Extra = map[string]string{}
 	for k, v := range h.Extra {
+		if k == ExtraLinks {
+			if err := json.Unmarshal([]byte(v), &m.symlinks); err != nil {
+				m.log.Warn("ignoring unreadable links in handle", "err", err)
+			}
+			continue
+		}
 		m.handle.Extra[k] = v
 	}
 	if _, err := m.Info(ctx); err != nil {
