@@ -43,6 +43,9 @@ type Config struct {
 	// StopTimeout bounds a graceful stop before the VMM is killed
 	// (default 10 s).
 	StopTimeout time.Duration
+	// ConsoleMaxBytes caps each VM's console log (default 8 MiB; two
+	// rotated generations are kept).
+	ConsoleMaxBytes int64
 }
 
 // ImageResolver maps a catalog image name to its files.
@@ -187,6 +190,8 @@ func Open(ctx context.Context, cfg Config) (*Runtime, error) {
 		r.Close()
 		return nil, err
 	}
+	r.watch.Add(1)
+	go r.rotateConsoles(5 * time.Second)
 	return r, nil
 }
 

@@ -763,3 +763,30 @@ func TestReconcileRollsBackInterruptedCreate(t *testing.T) {
 		t.Fatalf("dirs left: %v", left)
 	}
 }
+
+func TestConsole(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	if _, err := f.rt.Create(ctx, "vm", f.spec); err != nil {
+		t.Fatal(err)
+	}
+	// The backend's VMM writes the console file; here the test plays it.
+	path := filepath.Join(f.rt.vmDir(f.rt.vms["vm"].rec.Key), "console.log")
+	if err := os.WriteFile(path, []byte("Linux version 6.1\nhearth-agent ready\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	lines, err := f.rt.ConsoleTail(ctx, "vm", 1)
+	if err != nil || len(lines) != 1 || lines[0] != "hearth-agent ready" {
+		t.Fatalf("tail: %v %v", lines, err)
+	}
+	if _, err := f.rt.ConsoleTail(ctx, "nope", 1); !errors.Is(err, ErrVMNotFound) {
+		t.Fatal(err)
+	}
+	// Kept after a crash, for post-mortem.
+	f.rt.Start(ctx, "vm")
+	f.backend.Find("vm").Crash()
+	time.Sleep(50 * time.Millisecond)
+	if lines, _ := f.rt.ConsoleTail(ctx, "vm", 5); len(lines) != 2 {
+		t.Fatalf("after crash: %v", lines)
+	}
+}

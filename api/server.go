@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -42,6 +43,8 @@ type Runtime interface {
 	Snapshots(ctx context.Context) ([]hearth.SnapshotView, error)
 	GetSnapshot(ctx context.Context, name string) (hearth.SnapshotView, error)
 	DeleteSnapshot(ctx context.Context, name string) error
+	ConsoleTail(ctx context.Context, id string, n int) ([]string, error)
+	ConsoleFollow(ctx context.Context, id string, w io.Writer) error
 	Reconciled() hearth.ReconcileReport
 	Backends() []string
 	DefaultBackend() string
@@ -140,6 +143,7 @@ func NewServer(rt Runtime, o Options) *Server {
 	s.handle("GET /v1/snapshots/{name}", s.getSnapshot)
 	s.handle("DELETE /v1/snapshots/{name}", s.deleteSnapshot)
 	s.handle("POST /v1/snapshots/{name}/restore", s.restore)
+	s.handle("GET /v1/vms/{id}/console", s.console)
 	s.handle("GET /v1/events", s.streamEvents)
 	return s
 }
@@ -428,6 +432,51 @@ func (s *Server) restore(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusCreated, v)
+}
+
+// console serves the last ?tail=N lines (default 100) of a VM's console
+// as text, then with ?follow=true keeps streaming what arrives.
+func (s *Server) console(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	n := 100
+	if v := r.URL.Query().Get("tail"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 0 || n > 100000 {
+			writeError(w, &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "console", VM: id, Err: fmt.Errorf("tail %q: want 0-100000", v)}, 0)
+			return
+		}
+	}
+	follow := r.URL.Query().Get("follow") == "true"
+	lines, err := s.rt.ConsoleTail(r.Context(), id, n)
+	if err != nil {
+		writeError(w, err, 0)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusOK)
+	for _, l := range lines {
+		io.WriteString(w, l+"\n")
+	}
+	if !follow {
+		return
+	}
+	fw := &flushWriter{w: w}
+	fw.flush()
+	s.rt.ConsoleFollow(r.Context(), id, fw)
+}
+
+type flushWriter struct{ w http.ResponseWriter }
+
+func (f *flushWriter) Write(p []byte) (int, error) {
+	n, err := f.w.Write(p)
+	f.flush()
+	return n, err
+}
+
+func (f *flushWriter) flush() {
+	if fl, ok := f.w.(http.Flusher); ok {
+		fl.Flush()
+	}
 }
 
 // Broker fans lifecycle events out to event-stream subscribers. Publish

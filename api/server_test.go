@@ -201,6 +201,8 @@ func TestErrorsOverSocket(t *testing.T) {
 		{"oversize", "POST", "/v1/vms", `{"id":"x","spec":{"boot_args":"` + strings.Repeat("a", api.MaxBodyBytes) + `"}}`, 400, hearth.KindInvalidArgument},
 		{"bad label filter", "GET", "/v1/vms?label==x", "", 400, hearth.KindInvalidArgument},
 		{"bad status filter", "GET", "/v1/vms?status=zombie", "", 400, hearth.KindInvalidArgument},
+		{"console of unknown vm", "GET", "/v1/vms/nope/console", "", 404, hearth.KindVMNotFound},
+		{"bad tail", "GET", "/v1/vms/vm1/console?tail=-1", "", 400, hearth.KindInvalidArgument},
 		{"unsupported", "POST", "/v1/snapshots/s/restore", `{"vm":"y","memory_backend":"uffd"}`, 501, hearth.KindUnsupported},
 	}
 	for _, c := range cases {
@@ -214,6 +216,10 @@ func TestErrorsOverSocket(t *testing.T) {
 				t.Fatalf("body %s (%v)", b, err)
 			}
 		})
+	}
+	var buf strings.Builder
+	if err := e.c.Console(ctx, "vm1", 10, false, &buf); err != nil || buf.Len() != 0 {
+		t.Fatalf("console of a VM without output: %q %v", buf.String(), err)
 	}
 	// Through the client, errors keep their kind and fields.
 	_, err := e.c.Pause(ctx, "vm1")
@@ -251,11 +257,13 @@ func (f errRuntime) Snapshots(context.Context) ([]hearth.SnapshotView, error) { 
 func (f errRuntime) GetSnapshot(context.Context, string) (hearth.SnapshotView, error) {
 	return hearth.SnapshotView{}, f.err
 }
-func (f errRuntime) DeleteSnapshot(context.Context, string) error { return f.err }
-func (f errRuntime) Reconciled() hearth.ReconcileReport           { return hearth.ReconcileReport{} }
-func (f errRuntime) Backends() []string                           { return nil }
-func (f errRuntime) DefaultBackend() string                       { return "" }
-func (f errRuntime) StateDir() string                             { return "" }
+func (f errRuntime) DeleteSnapshot(context.Context, string) error               { return f.err }
+func (f errRuntime) ConsoleTail(context.Context, string, int) ([]string, error) { return nil, f.err }
+func (f errRuntime) ConsoleFollow(context.Context, string, io.Writer) error     { return f.err }
+func (f errRuntime) Reconciled() hearth.ReconcileReport                         { return hearth.ReconcileReport{} }
+func (f errRuntime) Backends() []string                                         { return nil }
+func (f errRuntime) DefaultBackend() string                                     { return "" }
+func (f errRuntime) StateDir() string                                           { return "" }
 
 func TestEveryKindMapsToStatus(t *testing.T) {
 	want := map[hearth.Kind]int{

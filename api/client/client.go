@@ -271,3 +271,32 @@ func (c *Client) Events(ctx context.Context, vm string) (<-chan hearth.Event, er
 	}()
 	return ch, nil
 }
+
+// Console writes the last tail lines of a VM's console to w and, with
+// follow, keeps copying new output until ctx ends.
+func (c *Client) Console(ctx context.Context, id string, tail int, follow bool, w io.Writer) error {
+	q := url.Values{"tail": {fmt.Sprint(tail)}}
+	if follow {
+		q.Set("follow", "true")
+	}
+	req, err := http.NewRequestWithContext(ctx, "GET", c.base+"/v1/vms/"+esc(id)+"/console?"+q.Encode(), nil)
+	if err != nil {
+		return err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return &hearth.Error{Kind: hearth.KindStatePoisoned, Op: "console", Err: fmt.Errorf("daemon unreachable: %w", err)}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return decodeError(resp)
+	}
+	_, err = io.Copy(w, resp.Body)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}

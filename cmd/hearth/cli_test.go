@@ -170,6 +170,7 @@ func TestDaemonAndCLI(t *testing.T) {
 			t.Errorf("hearth %s: exit %d, want %d\n%s", strings.Join(tc.args, " "), code, tc.code, out)
 		}
 	}
+	c.ok("logs", "vm1", "-n", "5")
 	c.ok("stop", "vm1")
 	c.ok("rm", "vm1", "tenant1")
 	c.ok("snapshot", "rm", "warm")

@@ -72,7 +72,7 @@ func lifecycleCmds(g *globals) []*cobra.Command {
 		vmVerb(g, "pause", "Pause VMs", "Freeze running VMs' vCPUs; memory stays allocated.", (*client.Client).Pause),
 		vmVerb(g, "resume", "Resume paused VMs", "Continue paused VMs.", (*client.Client).Resume),
 		vmVerb(g, "stop", "Shut VMs down", "Ask each guest to power off, then signal its VMM after the stop timeout. Disk and resources stay; start boots it again.", (*client.Client).Stop),
-		rmCmd(g), renameCmd(g), snapshotCmd(g), restoreCmd(g), eventsCmd(g),
+		rmCmd(g), renameCmd(g), snapshotCmd(g), restoreCmd(g), eventsCmd(g), logsCmd(g),
 	}
 }
 
@@ -346,5 +346,26 @@ func eventsCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&vm, "vm", "", "only this VM's events")
+	return cmd
+}
+
+func logsCmd(g *globals) *cobra.Command {
+	var follow bool
+	var tail int
+	cmd := &cobra.Command{
+		Use:   "logs VM",
+		Short: "Show a VM's console (guest serial output and VMM stderr)",
+		Long:  "Print the last lines of a VM's console log; with -f keep printing new output until interrupted. The log survives daemon restarts and is kept after a crash until the VM is destroyed.",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := daemon(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			return c.Console(cmd.Context(), args[0], tail, follow, cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
+	cmd.Flags().IntVarP(&tail, "tail", "n", 100, "lines of history to print")
 	return cmd
 }
