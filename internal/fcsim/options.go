@@ -1,0 +1,190 @@
+package fcsim
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Environment variables the simulator reads (see doc.go).
+const (
+	EnvFailAt          = "HEARTH_FCSIM_FAIL_AT"
+	EnvRequestLog      = "HEARTH_FCSIM_REQUEST_LOG"
+	EnvRequestLogFD    = "HEARTH_FCSIM_REQUEST_LOG_FD"
+	EnvGuestCmd        = "HEARTH_FCSIM_GUEST_CMD"
+	EnvGuestVsockDir   = "HEARTH_FCSIM_GUEST_VSOCK_DIR"
+	EnvMetricsInterval = "HEARTH_FCSIM_METRICS_INTERVAL"
+	EnvUffdTimeout     = "HEARTH_FCSIM_UFFD_TIMEOUT"
+	EnvFifoOpenTimeout = "HEARTH_FCSIM_FIFO_OPEN_TIMEOUT"
+	EnvTickInterval    = "HEARTH_FCSIM_TICK"
+)
+
+// Firecracker's exit codes (FcExitCode) that the simulator uses.
+const (
+	exitOK               = 0
+	exitGeneric          = 1
+	exitBadConfiguration = 152
+	exitArgParsing       = 153
+	exitCrash            = 137 // what a SIGKILLed process reports
+)
+
+// Options is the Firecracker command line plus the simulator's own knobs.
+type Options struct {
+	APISock         string
+	ID              string
+	ConfigFile      string
+	NoAPI           bool
+	Level           string
+	LogPath         string
+	MetricsPath     string
+	BootTimer       bool
+	ShowLevel       bool
+	ShowLogOrigin   bool
+	StartTimeUs     int64
+	StartTimeCPUUs  int64
+	ParentCPUTimeUs int64
+	MaxPayload      int64
+	Version         bool
+
+	// Simulator-only.
+	FailAt          string
+	RequestLog      string
+	MetricsInterval time.Duration
+	UffdTimeout     time.Duration
+	FifoOpenTimeout time.Duration
+	TickInterval    time.Duration
+}
+
+var idRE = regexp.MustCompile(`^[a-zA-Z0-9-]{1,64}$`)
+
+// parseOptions parses Firecracker's arguments. Go's flag package accepts
+// both --name value and --name=value, as Firecracker's parser does.
+func parseOptions(args []string, stderr io.Writer) (*Options, error) {
+	o := &Options{}
+	fs := flag.NewFlagSet("firecracker", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.APISock, "api-sock", "/run/firecracker.socket", "path to the API unix socket")
+	fs.StringVar(&o.ID, "id", "anonymous-instance", "microVM id")
+	fs.StringVar(&o.ConfigFile, "config-file", "", "JSON configuration applied at startup; boots the microVM")
+	fs.BoolVar(&o.NoAPI, "no-api", false, "do not serve the API (requires --config-file)")
+	fs.StringVar(&o.Level, "level", "", "log level (Error, Warning, Info, Debug, Trace, Off)")
+	fs.StringVar(&o.LogPath, "log-path", "", "file or FIFO for the log")
+	fs.StringVar(&o.MetricsPath, "metrics-path", "", "file or FIFO for metrics")
+	fs.BoolVar(&o.BootTimer, "boot-timer", false, "log guest boot time")
+	fs.BoolVar(&o.ShowLevel, "show-level", false, "show the level in log lines")
+	fs.BoolVar(&o.ShowLogOrigin, "show-log-origin", false, "show the origin in log lines")
+	fs.Int64Var(&o.StartTimeUs, "start-time-us", 0, "process start time (set by the jailer)")
+	fs.Int64Var(&o.StartTimeCPUUs, "start-time-cpu-us", 0, "process start CPU time (set by the jailer)")
+	fs.Int64Var(&o.ParentCPUTimeUs, "parent-cpu-time-us", 0, "parent CPU time (set by the jailer)")
+	fs.Int64Var(&o.MaxPayload, "http-api-max-payload-size", 51200, "maximum API request body size")
+	fs.BoolVar(&o.Version, "version", false, "print the version and exit")
+	// Accepted and ignored: seccomp cannot be simulated usefully, and the
+	// rest do not change what the API does.
+	var ignoredS string
+	var ignoredB bool
+	fs.StringVar(&ignoredS, "seccomp-level", "", "ignored")
+	fs.StringVar(&ignoredS, "seccomp-filter", "", "ignored")
+	fs.BoolVar(&ignoredB, "no-seccomp", false, "ignored")
+	fs.StringVar(&ignoredS, "mmds-size-limit", "", "ignored")
+	fs.StringVar(&ignoredS, "module", "", "ignored")
+	fs.BoolVar(&ignoredB, "enable-pci", false, "ignored")
+
+	fs.StringVar(&o.FailAt, "fail-at", "", "fault injection (comma-separated; see doc.go)")
+	fs.StringVar(&o.RequestLog, "request-log", "", "append one JSON line per API request to this file")
+	fs.DurationVar(&o.MetricsInterval, "metrics-interval", envDuration(EnvMetricsInterval, 60*time.Second), "periodic metrics flush interval")
+	fs.DurationVar(&o.UffdTimeout, "uffd-timeout", envDuration(EnvUffdTimeout, 10*time.Second), "how long a Uffd restore may take to fault in guest memory")
+	fs.DurationVar(&o.FifoOpenTimeout, "fifo-open-timeout", envDuration(EnvFifoOpenTimeout, 2*time.Second), "how long to retry opening a FIFO that has no reader")
+	fs.DurationVar(&o.TickInterval, "guest-tick", envDuration(EnvTickInterval, 100*time.Millisecond), "interval of the simulated guest's work")
+
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if !idRE.MatchString(o.ID) && o.ID != "anonymous-instance" {
+		return nil, fmt.Errorf("invalid instance ID %q: it must be 1-64 characters of [a-zA-Z0-9-]", o.ID)
+	}
+	if o.NoAPI && o.ConfigFile == "" {
+		return nil, fmt.Errorf("--no-api requires --config-file")
+	}
+	if v := os.Getenv(EnvFailAt); v != "" {
+		o.FailAt = strings.Trim(o.FailAt+","+v, ",")
+	}
+	if o.RequestLog == "" {
+		o.RequestLog = os.Getenv(EnvRequestLog)
+	}
+	return o, nil
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if v := os.Getenv(name); v != "" {
+		if d, err := time.ParseDuration(v); err == nil && d > 0 {
+			return d
+		}
+	}
+	return def
+}
+
+// faults is the parsed HEARTH_FCSIM_FAIL_AT / --fail-at list.
+type faults struct {
+	start, ready, enospc bool
+	api, crash, hang     map[string]bool // "METHOD path"
+}
+
+func parseFaults(spec string) (*faults, error) {
+	f := &faults{api: map[string]bool{}, crash: map[string]bool{}, hang: map[string]bool{}}
+	for _, item := range strings.Split(spec, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		switch item {
+		case "start":
+			f.start = true
+			continue
+		case "ready":
+			f.ready = true
+			continue
+		case "snapshot-enospc":
+			f.enospc = true
+			continue
+		}
+		kind, rest, ok := strings.Cut(item, ":")
+		method, path, ok2 := strings.Cut(rest, ":")
+		if !ok || !ok2 || method == "" || !strings.HasPrefix(path, "/") {
+			return nil, fmt.Errorf("bad fault %q: want start, ready, snapshot-enospc, or api|crash|hang:METHOD:/path", item)
+		}
+		key := strings.ToUpper(method) + " " + path
+		switch kind {
+		case "api":
+			f.api[key] = true
+		case "crash":
+			f.crash[key] = true
+		case "hang":
+			f.hang[key] = true
+		default:
+			return nil, fmt.Errorf("bad fault kind %q in %q", kind, item)
+		}
+	}
+	return f, nil
+}
+
+// match reports whether set holds method+path; a key ending in * matches a
+// path prefix.
+func (f *faults) match(set map[string]bool, method, path string) bool {
+	key := method + " " + path
+	if set[key] {
+		return true
+	}
+	for k := range set {
+		if p, ok := strings.CutSuffix(k, "*"); ok && strings.HasPrefix(key, p) {
+			return true
+		}
+	}
+	return false
+}
