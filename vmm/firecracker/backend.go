@@ -420,7 +420,8 @@ func (l *launch) startJailed(ctx context.Context) error {
 		}
 	}
 	for _, f := range spec.Jail.Files {
-		if _, err := js.stage(f); err != nil {
+		// Their use is not known yet (a drive may be writable).
+		if _, err := js.stage(f, true); err != nil {
 			return err
 		}
 	}

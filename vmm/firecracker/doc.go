@@ -27,4 +27,14 @@
 // jail's uid/gid; the vsock socket Firecracker creates lives in the chroot
 // and a symlink at the requested host path points to it; snapshot files are
 // written inside the chroot and then moved to the requested host paths.
+//
+// Order of a restore: Firecracker accepts only the logger and the metrics
+// before PUT /snapshot/load and refuses both once the VM runs, and a
+// snapshot carries neither, so LoadSnapshot configures them first.
+//
+// Lifetime: Kill and Shutdown return once the process is gone and its API
+// socket, metrics FIFO, jail (chroot and the VM's cgroups) and links are
+// removed; Firecracker's log is kept in LaunchSpec.Dir. Release detaches
+// without touching the process, which AdoptMachine can pick up again from
+// the Handle.
 package firecracker

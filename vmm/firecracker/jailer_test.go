@@ -176,20 +176,20 @@ func TestJailStage(t *testing.T) {
 	host := t.TempDir()
 	k := filepath.Join(host, "vmlinux")
 	os.WriteFile(k, []byte("k"), 0o644)
-	p, err := js.stage(k)
+	p, err := js.stage(k, false)
 	if err != nil || p != "/vmlinux" {
 		t.Fatalf("stage = %q, %v", p, err)
 	}
-	if p2, err := js.stage(k); err != nil || p2 != p {
+	if p2, err := js.stage(k, false); err != nil || p2 != p {
 		t.Fatalf("restage = %q, %v", p2, err)
 	}
 	other := filepath.Join(t.TempDir(), "vmlinux")
 	os.WriteFile(other, []byte("other"), 0o644)
-	if _, err := js.stage(other); err == nil {
+	if _, err := js.stage(other, false); err == nil {
 		t.Fatal("two files with one basename must not share the jail")
 	}
 	inside := filepath.Join(js.chroot, "sub", "x")
-	if p, err := js.stage(inside); err != nil || p != "/sub/x" {
+	if p, err := js.stage(inside, true); err != nil || p != "/sub/x" {
 		t.Fatalf("file inside chroot = %q, %v", p, err)
 	}
 	if _, ok := js.inside(filepath.Join(base, "rootx")); ok {

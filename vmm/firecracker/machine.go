@@ -338,16 +338,16 @@ func (m *Machine) vmmConfig(cfg vmm.Config) (vmm.Config, error) {
 	}
 	if m.jail != nil {
 		var err error
-		if out.Kernel, err = m.jail.stage(cfg.Kernel); err != nil {
+		if out.Kernel, err = m.jail.stage(cfg.Kernel, false); err != nil {
 			return vmm.Config{}, err
 		}
 		if cfg.Initrd != "" {
-			if out.Initrd, err = m.jail.stage(cfg.Initrd); err != nil {
+			if out.Initrd, err = m.jail.stage(cfg.Initrd, false); err != nil {
 				return vmm.Config{}, err
 			}
 		}
 		for i := range out.Drives {
-			if out.Drives[i].Path, err = m.jail.stage(cfg.Drives[i].Path); err != nil {
+			if out.Drives[i].Path, err = m.jail.stage(cfg.Drives[i].Path, !cfg.Drives[i].ReadOnly); err != nil {
 				return vmm.Config{}, err
 			}
 		}
@@ -430,11 +430,11 @@ func (m *Machine) LoadSnapshot(ctx context.Context, req vmm.LoadRequest) error {
 	vreq := req
 	if m.jail != nil {
 		var err error
-		if vreq.StatePath, err = m.jail.stage(req.StatePath); err != nil {
+		if vreq.StatePath, err = m.jail.stage(req.StatePath, false); err != nil {
 			return fmt.Errorf("load snapshot into %s: %w", m.vmid, err)
 		}
 		if req.MemBackend == vmm.MemFile {
-			vreq.MemPath, err = m.jail.stage(req.MemPath)
+			vreq.MemPath, err = m.jail.stage(req.MemPath, false)
 		} else {
 			vreq.MemPath, err = m.jail.linkSocket(req.MemPath)
 		}
@@ -582,7 +582,7 @@ func (m *Machine) PatchDrive(ctx context.Context, id, path string, rl *vmm.RateL
 	}
 	if path != "" && m.jail != nil {
 		var err error
-		if path, err = m.jail.stage(path); err != nil {
+		if path, err = m.jail.stage(path, true); err != nil {
 			return fmt.Errorf("patch drive %s of %s: %w", id, m.vmid, err)
 		}
 	}
@@ -783,11 +783,17 @@ func (j *jailState) inside(host string) (string, bool) {
 }
 
 // stage makes the host file visible in the jail as /<basename> (hard
-// link, or copy across filesystems) owned by the jail's uid/gid, and
-// returns that path. Files already inside the chroot are used in place.
-// Two different files with one basename cannot share a jail: the
-// snapshot records in-jail paths, so names must be stable, not invented.
-func (j *jailState) stage(host string) (string, error) {
+// link, or copy across filesystems) and returns that path. Files already
+// inside the chroot are used in place. Two different files with one
+// basename cannot share a jail: the snapshot records in-jail paths, so
+// names must be stable, not invented.
+//
+// Firecracker runs as the jail's uid. A file it must write is chowned to
+// that uid; a read-only file is chowned only when it is not
+// world-readable. With a hard link a chown changes the host file's owner
+// too (one inode), which is why shared read-only files (kernels, images)
+// should be world-readable.
+func (j *jailState) stage(host string, writable bool) (string, error) {
 	if rel, ok := j.inside(host); ok {
 		return rel, nil
 	}
@@ -800,26 +806,28 @@ func (j *jailState) stage(host string) (string, error) {
 	if j.staged == nil || j.byName == nil {
 		j.staged, j.byName = map[string]string{}, map[string]string{}
 	}
-	if p, ok := j.staged[abs]; ok {
-		return p, nil
-	}
-	name := "/" + filepath.Base(abs)
-	if other, ok := j.byName[name]; ok {
-		return "", fmt.Errorf("stage %s: %s from %s already holds that name in the jail", abs, name, other)
+	name, ok := j.staged[abs]
+	if !ok {
+		name = "/" + filepath.Base(abs)
+		if other, ok := j.byName[name]; ok {
+			return "", fmt.Errorf("stage %s: %s from %s already holds that name in the jail", abs, name, other)
+		}
+		if err := linkOrCopy(abs, filepath.Join(j.chroot, name)); err != nil {
+			return "", err
+		}
+		j.staged[abs] = name
+		j.byName[name] = abs
 	}
 	dst := filepath.Join(j.chroot, name)
-	if err := linkOrCopy(abs, dst); err != nil {
-		return "", err
+	st, err := os.Stat(dst)
+	if err != nil {
+		return "", fmt.Errorf("stage %s: %w", abs, err)
 	}
-	// Firecracker runs as the jail's uid and needs read-write access to
-	// writable drives. With a hard link this changes the owner of the
-	// host file too (one inode), so files shared between VMs should be
-	// world-readable and attached read-only.
-	if err := os.Chown(dst, j.uid, j.gid); err != nil {
-		return "", fmt.Errorf("chown %s in jail: %w", dst, err)
+	if writable || st.Mode().Perm()&0o004 == 0 {
+		if err := os.Chown(dst, j.uid, j.gid); err != nil {
+			return "", fmt.Errorf("chown %s in jail: %w", dst, err)
+		}
 	}
-	j.staged[abs] = name
-	j.byName[name] = abs
 	return name, nil
 }
 
