@@ -258,6 +258,10 @@ func (r *Runtime) recordStep(p *createPlan, final func() Status) step {
 		name: "record",
 		do: func(ctx context.Context) error {
 			e := p.entry
+			// Configure and load can add to the handle (e.g. links a
+			// jailed VMM's sockets need), so record its final form.
+			h := e.machine.Handle()
+			e.rec.Handle = &h
 			e.rec.Status = string(final())
 			if err := r.save(p.op, e); err != nil {
 				return err
@@ -304,8 +308,10 @@ func (r *Runtime) createSteps(p *createPlan) []step {
 // launch starts a VMM for e in its directory.
 func (r *Runtime) launch(ctx context.Context, b vmm.Backend, e *vmEntry) (vmm.Machine, error) {
 	dir := r.vmDir(e.rec.Key)
+	// The VMM is named by the VM's immutable key: it satisfies every VMM's
+	// id rules (Firecracker allows only [A-Za-z0-9-]) and survives renames.
 	return b.Launch(ctx, vmm.LaunchSpec{
-		VMID:        e.rec.ID,
+		VMID:        e.rec.Key,
 		Dir:         dir,
 		ConsolePath: filepath.Join(dir, "console.log"),
 	})

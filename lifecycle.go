@@ -85,6 +85,7 @@ func (r *Runtime) relaunch(ctx context.Context, op string, e *vmEntry) error {
 		m.Kill()
 		return vmmErr(op, id, KindUnsupported, err)
 	}
+	// Handle is read after Configure, which may add to it.
 	h := m.Handle()
 	e.machine, e.rec.Handle = m, &h
 	r.watchMachine(e, m)

@@ -114,6 +114,22 @@ func mustStatus(t *testing.T, rt *Runtime, id string, want Status) {
 	}
 }
 
+// machine returns the in-memory machine of VM id, or nil. The backend
+// knows machines by the VM's immutable key, not its id.
+func (f *fixture) machine(id string) *memvmm.Machine {
+	f.rt.mu.Lock()
+	e := f.rt.vms[id]
+	f.rt.mu.Unlock()
+	if e == nil {
+		return f.backend.Find("no-such-key")
+	}
+	rec := e.view.Load()
+	if rec == nil {
+		return nil
+	}
+	return f.backend.Find(rec.Key)
+}
+
 func agentOn() *bool { b := true; return &b }
 
 func TestLifecycle(t *testing.T) {
@@ -131,7 +147,7 @@ func TestLifecycle(t *testing.T) {
 	if v.Status != StatusCreated || v.Backend != "mem" || v.Spec.VCPUs != 1 || v.Spec.MemoryMiB != 256 || v.Spec.BootArgs != DefaultBootArgs {
 		t.Fatalf("created view: %+v", v)
 	}
-	m := f.backend.Find("vm1")
+	m := f.machine("vm1")
 	if m == nil || m.State() != "configured" {
 		t.Fatalf("machine not configured: %v", m)
 	}
@@ -191,7 +207,7 @@ func TestLifecycle(t *testing.T) {
 	if err != nil || c2.Status != StatusPaused {
 		t.Fatalf("restore paused: %+v %v", c2, err)
 	}
-	d1, d2 := f.backend.Find("clone1").Config(), f.backend.Find("clone2").Config()
+	d1, d2 := f.machine("clone1").Config(), f.machine("clone2").Config()
 	if d1.Drives[0].Path == d2.Drives[0].Path || d1.Drives[0].Path == cfg.Drives[0].Path {
 		t.Fatalf("clones share a disk: %s %s", d1.Drives[0].Path, d2.Drives[0].Path)
 	}
@@ -209,13 +225,13 @@ func TestLifecycle(t *testing.T) {
 	if v, err := rt.Stop(ctx, "vm1"); err != nil || v.Status != StatusStopped || v.Pid != 0 {
 		t.Fatalf("stop: %+v %v", v, err)
 	}
-	if f.backend.Find("vm1") != nil {
+	if f.machine("vm1") != nil {
 		t.Fatal("stopped VM still has a machine")
 	}
 	if v, err := rt.Start(ctx, "vm1"); err != nil || v.Status != StatusRunning {
 		t.Fatalf("restart: %+v %v", v, err)
 	}
-	if got := f.backend.Find("vm1").Config().Drives[0].Path; got != cfg.Drives[0].Path {
+	if got := f.machine("vm1").Config().Drives[0].Path; got != cfg.Drives[0].Path {
 		t.Fatalf("restart changed the disk: %s", got)
 	}
 
@@ -426,7 +442,7 @@ func TestCreateFailureAtEveryStep(t *testing.T) {
 				if got := listDir(t, f.dir); !reflect.DeepEqual(files, got) {
 					t.Fatalf("files changed:\nbefore %v\nafter  %v", files, got)
 				}
-				if f.backend.Live() != live || f.backend.Find("victim") != nil {
+				if f.backend.Live() != live || f.machine("victim") != nil {
 					t.Fatal("a machine was left running")
 				}
 				if _, err := f.rt.Get(ctx, "victim"); !errors.Is(err, ErrVMNotFound) {
@@ -644,7 +660,7 @@ func TestCrashIsObserved(t *testing.T) {
 	if _, err := rt.Start(ctx, "vm"); err != nil {
 		t.Fatal(err)
 	}
-	f.backend.Find("vm").Crash()
+	f.machine("vm").Crash()
 	deadline := time.Now().Add(time.Second)
 	for {
 		v, _ := rt.Get(ctx, "vm")
@@ -705,7 +721,7 @@ func TestFailedSnapshotLeavesNothingAndResumes(t *testing.T) {
 		t.Fatalf("want a rootfs error naming the snapshot, got %v", err)
 	}
 	mustStatus(t, f.rt, "vm", StatusRunning)
-	if f.backend.Find("vm").State() != "running" {
+	if f.machine("vm").State() != "running" {
 		t.Fatal("machine left paused")
 	}
 	if left := listDir(t, f.rt.snapshotsDir()); len(left) != 0 {
@@ -735,7 +751,8 @@ func TestReconcileRollsBackInterruptedCreate(t *testing.T) {
 		}
 	}
 	p.entry.mu.Unlock()
-	if f.backend.Find("half") == nil {
+	halfKey := p.entry.rec.Key
+	if f.backend.Find(halfKey) == nil {
 		t.Fatal("setup: no machine launched")
 	}
 	// An orphan directory and allocation no record owns.
@@ -749,7 +766,7 @@ func TestReconcileRollsBackInterruptedCreate(t *testing.T) {
 	if !reflect.DeepEqual(rep.Abandoned, []string{"half"}) {
 		t.Fatalf("report: %+v", rep)
 	}
-	if f.backend.Find("half") != nil {
+	if f.backend.Find(halfKey) != nil {
 		t.Fatal("the half-created VM's machine was not killed")
 	}
 	if _, err := os.Stat(orphan); !errors.Is(err, os.ErrNotExist) {
@@ -784,7 +801,7 @@ func TestConsole(t *testing.T) {
 	}
 	// Kept after a crash, for post-mortem.
 	f.rt.Start(ctx, "vm")
-	f.backend.Find("vm").Crash()
+	f.machine("vm").Crash()
 	time.Sleep(50 * time.Millisecond)
 	if lines, _ := f.rt.ConsoleTail(ctx, "vm", 5); len(lines) != 2 {
 		t.Fatalf("after crash: %v", lines)
