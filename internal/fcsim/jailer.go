@@ -414,6 +414,16 @@ func (j *jailer) setupCgroups() error {
 		}
 		dir := filepath.Join(base, o.ParentCgroup, o.ID)
 		detail["dir"] = dir
+		if o.CgroupVersion == "2" {
+			// On a host whose controllers are bound to v1 hierarchies
+			// the v2 tree lacks them; record instead of failing.
+			if !v2HasController(base, controller) {
+				detail["applied"] = false
+				detail["reason"] = fmt.Sprintf("controller %s is not available in the cgroup v2 hierarchy at %s", controller, base)
+				j.step("cgroup", detail)
+				continue
+			}
+		}
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			if errors.Is(err, unix.EROFS) || errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
 				detail["applied"] = false
@@ -422,6 +432,11 @@ func (j *jailer) setupCgroups() error {
 				continue
 			}
 			return fmt.Errorf("create cgroup %s: %w", dir, err)
+		}
+		if o.CgroupVersion == "2" {
+			if err := v2EnableController(base, filepath.Join(o.ParentCgroup, o.ID), controller); err != nil {
+				return err
+			}
 		}
 		if controller == "cpuset" && o.CgroupVersion == "1" {
 			// A v1 cpuset cgroup starts empty; the jailer copies the
@@ -435,15 +450,40 @@ func (j *jailer) setupCgroups() error {
 		if err := os.WriteFile(filepath.Join(dir, file), []byte(value), 0o644); err != nil {
 			return fmt.Errorf("write cgroup %s=%s: %w", filepath.Join(dir, file), value, err)
 		}
-		procs := "tasks"
-		if o.CgroupVersion == "2" {
-			procs = "cgroup.procs"
-		}
-		if err := os.WriteFile(filepath.Join(dir, procs), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		// cgroup.procs, not the jailer's "tasks": that file moves one
+		// thread, and a Go process has several (the exec may even run
+		// on a thread other than the leader).
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 			return fmt.Errorf("join cgroup %s: %w", dir, err)
 		}
 		detail["applied"] = true
 		j.step("cgroup", detail)
+	}
+	return nil
+}
+
+func v2HasController(base, controller string) bool {
+	b, err := os.ReadFile(filepath.Join(base, "cgroup.controllers"))
+	if err != nil {
+		return false
+	}
+	for _, c := range strings.Fields(string(b)) {
+		if c == controller {
+			return true
+		}
+	}
+	return false
+}
+
+// v2EnableController enables controller in cgroup.subtree_control from the
+// root down to the parent of rel, so that rel gets the controller's files.
+func v2EnableController(base, rel, controller string) error {
+	dir := base
+	for _, p := range strings.Split(rel, string(filepath.Separator)) {
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+"+controller), 0o644); err != nil {
+			return fmt.Errorf("enable %s in %s: %w", controller, dir, err)
+		}
+		dir = filepath.Join(dir, p)
 	}
 	return nil
 }
