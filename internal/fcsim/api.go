@@ -801,7 +801,7 @@ func (s *Sim) configureLogger(c loggerConfig) error {
 		}
 		l.sink = sk
 	}
-	s.fclog = l
+	s.fclog.Store(l)
 	s.loggerCfg = &c
 	return nil
 }

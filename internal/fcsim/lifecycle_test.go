@@ -499,3 +499,74 @@ func TestVersionFlag(t *testing.T) {
 		t.Fatalf("--version: %q %v", out, err)
 	}
 }
+
+// TestMetricsFIFO covers the periodic flush and a FIFO nobody reads.
+func TestMetricsFIFO(t *testing.T) {
+	t.Run("periodic", func(t *testing.T) {
+		p := startSim(t, simConfig{env: []string{EnvMetricsInterval + "=50ms"}})
+		fifo := filepath.Join(p.dir, "m.fifo")
+		lines := metricsReader(t, fifo)
+		p.must("PUT", "/metrics", fmt.Sprintf(`{"metrics_path":%q}`, fifo))
+		p.must("GET", "/machine-config", "")
+		deadline := time.After(5 * time.Second)
+		var got []map[string]any
+		for len(got) < 3 {
+			select {
+			case l := <-lines:
+				got = append(got, l)
+			case <-deadline:
+				t.Fatalf("only %d periodic metrics lines", len(got))
+			}
+		}
+		// Counters are per-interval deltas: the one GET shows up once.
+		total := 0.0
+		for _, l := range got {
+			total += l["get_api_requests"].(map[string]any)["machine_cfg_count"].(float64)
+		}
+		if total != 1 {
+			t.Fatalf("machine_cfg_count summed over lines = %v, want 1", total)
+		}
+	})
+	t.Run("no reader", func(t *testing.T) {
+		p := startSim(t, simConfig{env: []string{EnvFifoOpenTimeout + "=200ms"}})
+		fifo := filepath.Join(p.dir, "m.fifo")
+		if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p.fault("PUT", "/metrics", fmt.Sprintf(`{"metrics_path":%q}`, fifo), "No such device or address")
+		// The refusal leaves metrics unconfigured, so a retry with a
+		// reader works.
+		f, err := os.OpenFile(fifo, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		p.must("PUT", "/metrics", fmt.Sprintf(`{"metrics_path":%q}`, fifo))
+	})
+}
+
+// TestDiffWithoutTracking: Firecracker 1.17 takes Diff snapshots without
+// dirty-page tracking by asking mincore(2) which pages are resident.
+func TestDiffWithoutTracking(t *testing.T) {
+	p := startSim(t, simConfig{})
+	p.bootMinimal(makeVMFiles(t, p.dir), 16)
+	p.must("PATCH", "/vm", `{"state":"Paused"}`)
+	state, mem := filepath.Join(p.dir, "vmstate"), filepath.Join(p.dir, "mem")
+	p.must("PUT", "/snapshot/create", fmt.Sprintf(`{"snapshot_type":"Diff","snapshot_path":%q,"mem_file_path":%q}`, state, mem))
+	data, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs, err := decodeVMState(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// At least the header and pattern pages the guest wrote are resident.
+	if vs.Memory.DiffPages == nil || len(*vs.Memory.DiffPages) < 1+patternPages {
+		t.Fatalf("diff pages = %v", vs.Memory.DiffPages)
+	}
+	// The first diff of a booted VM holds everything it touched, so it
+	// restores on its own.
+	q := startSim(t, simConfig{})
+	q.must("PUT", "/snapshot/load", fmt.Sprintf(`{"snapshot_path":%q,"mem_file_path":%q,"resume_vm":true}`, state, mem))
+}

@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -71,14 +72,15 @@ type Sim struct {
 	serialPath   string
 	console      *consoleWriter
 	loggerCfg    *loggerConfig
-	fclog        *fcLogger
-	metricsCfg   *metricsConfig
-	metricsSink  *sink
-	mem          *guestMemory
-	trackDirty   bool
-	guest        *guestProcess
-	ctrlAltDel   bool
-	bootedAt     time.Time
+	// fclog is read by request handling before the API lock is taken.
+	fclog       atomic.Pointer[fcLogger]
+	metricsCfg  *metricsConfig
+	metricsSink *sink
+	mem         *guestMemory
+	trackDirty  bool
+	guest       *guestProcess
+	ctrlAltDel  bool
+	bootedAt    time.Time
 
 	exitOnce sync.Once
 	exitCh   chan int
@@ -260,8 +262,8 @@ func (s *Sim) shutdown(code int) int {
 		s.metricsSink.close()
 	}
 	s.logf(3, "main", "Firecracker exiting with code %d", code)
-	if s.fclog != nil && s.fclog.sink != nil {
-		s.fclog.sink.close()
+	if l := s.fclog.Load(); l != nil && l.sink != nil {
+		l.sink.close()
 	}
 	if s.mem != nil {
 		s.mem.close()
@@ -274,7 +276,7 @@ func (s *Sim) shutdown(code int) int {
 // logf writes to Firecracker's log (if configured) and to stderr.
 func (s *Sim) logf(level int, thread, format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
-	if s.fclog != nil && !s.fclog.log(level, thread, msg) {
+	if l := s.fclog.Load(); l != nil && !l.log(level, thread, msg) {
 		s.metrics.inc("logger.missed_log_count")
 	}
 }
