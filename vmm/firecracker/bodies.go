@@ -278,10 +278,26 @@ func BootPlan(cfg vmm.Config, p Paths) ([]Request, error) {
 // LoadPlan returns the requests of a restore: logger and metrics (the
 // snapshot does not carry them, and Firecracker accepts them only before
 // the load), then PUT /snapshot/load.
+//
+// Drive overrides (each clone gets its own disk) have no place in
+// Firecracker's load request, so the plan loads paused, re-points each
+// drive with PATCH /drives, and only then resumes when asked: the guest
+// never runs a single instruction against the source VM's disk.
 func LoadPlan(req vmm.LoadRequest, p Paths) ([]Request, error) {
+	resume := req.Resume
+	if len(req.DriveOverrides) > 0 {
+		req.Resume = false
+	}
 	body, err := LoadBody(req)
 	if err != nil {
 		return nil, err
 	}
-	return append(observabilityPlan(p), mustRequest("PUT", "/snapshot/load", body)), nil
+	plan := append(observabilityPlan(p), mustRequest("PUT", "/snapshot/load", body))
+	for _, o := range req.DriveOverrides {
+		plan = append(plan, mustRequest("PATCH", "/drives/"+o.ID, PatchDriveBody(o.ID, o.Path, nil)))
+	}
+	if len(req.DriveOverrides) > 0 && resume {
+		plan = append(plan, mustRequest("PATCH", "/vm", VMStateBody(false)))
+	}
+	return plan, nil
 }

@@ -93,6 +93,10 @@ func goldenRequests(t *testing.T) map[string][]Request {
 			StatePath: "/snap/vmstate", MemPath: "/vms/b/uffd.sock", MemBackend: vmm.MemUffd,
 			NetworkOverrides: []vmm.NetworkOverride{{IfaceID: "eth0", HostDev: "hth-tap9"}, {IfaceID: "eth1", HostDev: "hth-tap10"}},
 		}, Paths{})),
+		"load_plan_clone": must(LoadPlan(vmm.LoadRequest{
+			StatePath: "/snap/vmstate", MemPath: "/snap/mem", Resume: true, VsockUDSPath: "/vms/c/vsock.sock",
+			DriveOverrides: []vmm.DriveOverride{{ID: "rootfs", Path: "/vms/c/rootfs.ext4"}},
+		}, testPaths)),
 		"runtime": {
 			req("PUT", "/actions", ActionBody(ActionInstanceStart)),
 			req("PUT", "/actions", ActionBody(ActionSendCtrlAltDel)),

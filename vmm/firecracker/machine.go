@@ -441,6 +441,12 @@ func (m *Machine) LoadSnapshot(ctx context.Context, req vmm.LoadRequest) error {
 		if err != nil {
 			return fmt.Errorf("load snapshot into %s: %w", m.vmid, err)
 		}
+		vreq.DriveOverrides = append([]vmm.DriveOverride(nil), req.DriveOverrides...)
+		for i, o := range vreq.DriveOverrides {
+			if vreq.DriveOverrides[i].Path, err = m.jail.stage(o.Path, true); err != nil {
+				return fmt.Errorf("load snapshot into %s: drive %s: %w", m.vmid, o.ID, err)
+			}
+		}
 	}
 	if req.VsockUDSPath != "" {
 		p, err := m.listenSocket(req.VsockUDSPath)

@@ -267,6 +267,19 @@ func ValidateLoadRequest(req vmm.LoadRequest) error {
 	if req.VsockUDSPath != "" && !validPath(req.VsockUDSPath) {
 		errs = append(errs, invalid("vsock_uds_path", "invalid path %q", req.VsockUDSPath))
 	}
+	seenDrive := map[string]bool{}
+	for i, o := range req.DriveOverrides {
+		f := "drive_overrides[" + strconv.Itoa(i) + "]"
+		if !validID(o.ID) {
+			errs = append(errs, invalid(f+".id", "%q must be 1–64 characters of [A-Za-z0-9_]", o.ID))
+		} else if seenDrive[o.ID] {
+			errs = append(errs, invalid(f+".id", "duplicate override for %q", o.ID))
+		}
+		seenDrive[o.ID] = true
+		if !validPath(o.Path) {
+			errs = append(errs, invalid(f+".path", "invalid path %q", o.Path))
+		}
+	}
 	return errors.Join(errs...)
 }
 
