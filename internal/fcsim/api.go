@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -187,6 +188,9 @@ func (s *Sim) respond(w http.ResponseWriter, method, path string, body []byte, e
 	s.log.Warn("request refused", "method", method, "path", path, "status", ae.status, "fault", ae.msg)
 	s.logf(1, "fc_api", "Received Error. Status code: %d. Message: %s", ae.status, ae.msg)
 	out, _ := json.Marshal(map[string]string{"fault_message": ae.msg})
+	// An explicit Content-Length keeps the framing Firecracker uses even
+	// when the answer is flushed early (before a failed load exits).
+	w.Header().Set("Content-Length", strconv.Itoa(len(out)))
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Server", "Firecracker API")
 	w.WriteHeader(ae.status)
@@ -210,6 +214,7 @@ func (s *Sim) respondOK(w http.ResponseWriter, method, path string, body []byte,
 			return
 		}
 		status = http.StatusOK
+		w.Header().Set("Content-Length", strconv.Itoa(len(out)))
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(status)
 		_, _ = w.Write(out)

@@ -60,8 +60,11 @@
 // anonymous mapping), connects to backend_path and sends the JSON region
 // array [{base_host_virt_addr,size,offset,page_size,page_size_kib}] with the
 // fd in SCM_RIGHTS. Either way the simulator then reads every guest page
-// (each a real fault served by the handler, bounded by --uffd-timeout) and
-// checks the contents against the vmstate digest. A failed load answers 400
+// (each a real fault served by the handler, bounded by --uffd-timeout;
+// --uffd-verify written limits this to the pages the snapshot holds) and
+// checks the contents against the vmstate digest. Unlike Firecracker, which
+// leaves faults to the guest, this makes the restore touch all of memory;
+// it is how the simulator proves the handler served the right bytes. A failed load answers 400
 // and then the process exits (status 1), as Firecracker ends a process whose
 // load failed. After a load the VM is Paused unless resume_vm.
 //
@@ -140,6 +143,9 @@
 //	HEARTH_FCSIM_GUEST_CMD, HEARTH_FCSIM_GUEST_VSOCK_DIR   see above.
 //	--metrics-interval, HEARTH_FCSIM_METRICS_INTERVAL (60s)
 //	--uffd-timeout, HEARTH_FCSIM_UFFD_TIMEOUT (10s)
+//	--uffd-verify, HEARTH_FCSIM_UFFD_VERIFY (all): "written" faults in and
+//	    checks only the snapshot's non-zero pages, so that a Uffd restore
+//	    stays lazy (for prefetch benchmarks); "all" reads every page.
 //	--fifo-open-timeout, HEARTH_FCSIM_FIFO_OPEN_TIMEOUT (2s)
 //	--guest-tick, HEARTH_FCSIM_TICK (100ms)
 //

@@ -214,6 +214,10 @@ func (p *simProc) do(method, path, body string) (int, []byte) {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
+	// Firecracker frames every answer with a body by Content-Length.
+	if len(b) > 0 && resp.ContentLength != int64(len(b)) {
+		p.t.Errorf("%s %s: Content-Length %d for a %d-byte body", method, path, resp.ContentLength, len(b))
+	}
 	return resp.StatusCode, b
 }
 

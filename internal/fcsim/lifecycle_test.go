@@ -277,6 +277,18 @@ func TestColdBootSnapshotRestore(t *testing.T) {
 		}
 	})
 
+	t.Run("restore/Uffd lazy", func(t *testing.T) {
+		requireUffd(t)
+		q := startSim(t, simConfig{env: []string{EnvUffdVerify + "=written"}})
+		uffdSock := filepath.Join(q.dir, "uffd.sock")
+		srv := startPageFaultServer(t, uffdSock, memFile, serveFromFile)
+		q.must("PUT", "/snapshot/load", fmt.Sprintf(`{"snapshot_path":%q,"mem_backend":{"backend_type":"Uffd","backend_path":%q},"vsock_override":{"uds_path":%q}}`, vmstate, uffdSock, filepath.Join(q.dir, "v.sock")))
+		// Only the pages the guest wrote were faulted in.
+		if _, faults := srv.stats(); faults != len(vs.Memory.Digest.NonZeroPages) {
+			t.Fatalf("handler served %d faults, want %d", faults, len(vs.Memory.Digest.NonZeroPages))
+		}
+	})
+
 	t.Run("restore/Uffd handler serves wrong pages", func(t *testing.T) {
 		requireUffd(t)
 		q := startSim(t, simConfig{})

@@ -216,17 +216,50 @@ func (m *guestMemory) touchAll(progress *atomic.Uint64) {
 }
 
 func (m *guestMemory) digest() memDigest {
+	// Zero pages are skipped (memcmp is far cheaper than SHA-256) and each
+	// non-zero page is hashed with its index, which identifies memory just
+	// as well.
 	h := sha256.New()
 	d := memDigest{NonZeroPages: [][2]uint64{}}
+	var idx [8]byte
 	for i := uint64(0); i < m.pages(); i++ {
 		p := m.page(i)
-		h.Write(p)
-		if !bytes.Equal(p, zeroPage) {
-			d.NonZeroPages = append(d.NonZeroPages, [2]uint64{i, uint64(crc32.Checksum(p, castagnoli))})
+		if bytes.Equal(p, zeroPage) {
+			continue
 		}
+		binary.LittleEndian.PutUint64(idx[:], i)
+		h.Write(idx[:])
+		h.Write(p)
+		d.NonZeroPages = append(d.NonZeroPages, [2]uint64{i, uint64(crc32.Checksum(p, castagnoli))})
 	}
 	d.SHA256 = hex.EncodeToString(h.Sum(nil))
 	return d
+}
+
+// touchPages faults in the listed pages only (see touchAll).
+//
+//go:noinline
+func (m *guestMemory) touchPages(pages [][2]uint64, progress *atomic.Uint64) {
+	var acc byte
+	for _, p := range pages {
+		if pg := m.page(p[0]); pg != nil {
+			acc ^= pg[0]
+			progress.Add(1)
+		}
+	}
+	touchSink.Store(uint32(acc))
+}
+
+// verifyPages checks only the pages the snapshot says are non-zero, so
+// that the never-written rest of memory is not faulted in.
+func (m *guestMemory) verifyPages(want memDigest) error {
+	for _, p := range want.NonZeroPages {
+		pg := m.page(p[0])
+		if pg == nil || uint64(crc32.Checksum(pg, castagnoli)) != p[1] {
+			return fmt.Errorf("guest memory differs from the snapshot: page %d (offset %#x) has other contents", p[0], p[0]*pageSize)
+		}
+	}
+	return nil
 }
 
 // verify compares memory with a digest taken at snapshot time.

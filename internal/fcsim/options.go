@@ -19,6 +19,7 @@ const (
 	EnvGuestVsockDir   = "HEARTH_FCSIM_GUEST_VSOCK_DIR"
 	EnvMetricsInterval = "HEARTH_FCSIM_METRICS_INTERVAL"
 	EnvUffdTimeout     = "HEARTH_FCSIM_UFFD_TIMEOUT"
+	EnvUffdVerify      = "HEARTH_FCSIM_UFFD_VERIFY"
 	EnvFifoOpenTimeout = "HEARTH_FCSIM_FIFO_OPEN_TIMEOUT"
 	EnvTickInterval    = "HEARTH_FCSIM_TICK"
 )
@@ -55,6 +56,7 @@ type Options struct {
 	RequestLog      string
 	MetricsInterval time.Duration
 	UffdTimeout     time.Duration
+	UffdVerify      string // "all" or "written"
 	FifoOpenTimeout time.Duration
 	TickInterval    time.Duration
 }
@@ -97,6 +99,7 @@ func parseOptions(args []string, stderr io.Writer) (*Options, error) {
 	fs.StringVar(&o.RequestLog, "request-log", "", "append one JSON line per API request to this file")
 	fs.DurationVar(&o.MetricsInterval, "metrics-interval", envDuration(EnvMetricsInterval, 60*time.Second), "periodic metrics flush interval")
 	fs.DurationVar(&o.UffdTimeout, "uffd-timeout", envDuration(EnvUffdTimeout, 10*time.Second), "how long a Uffd restore may take to fault in guest memory")
+	fs.StringVar(&o.UffdVerify, "uffd-verify", envString(EnvUffdVerify, "all"), "pages a Uffd restore faults in and checks: all, or written (only the non-zero pages of the snapshot, keeping the restore lazy)")
 	fs.DurationVar(&o.FifoOpenTimeout, "fifo-open-timeout", envDuration(EnvFifoOpenTimeout, 2*time.Second), "how long to retry opening a FIFO that has no reader")
 	fs.DurationVar(&o.TickInterval, "guest-tick", envDuration(EnvTickInterval, 100*time.Millisecond), "interval of the simulated guest's work")
 
@@ -109,6 +112,9 @@ func parseOptions(args []string, stderr io.Writer) (*Options, error) {
 	if !idRE.MatchString(o.ID) && o.ID != "anonymous-instance" {
 		return nil, fmt.Errorf("invalid instance ID %q: it must be 1-64 characters of [a-zA-Z0-9-]", o.ID)
 	}
+	if o.UffdVerify != "all" && o.UffdVerify != "written" {
+		return nil, fmt.Errorf("--uffd-verify must be all or written, not %q", o.UffdVerify)
+	}
 	if o.NoAPI && o.ConfigFile == "" {
 		return nil, fmt.Errorf("--no-api requires --config-file")
 	}
@@ -119,6 +125,13 @@ func parseOptions(args []string, stderr io.Writer) (*Options, error) {
 		o.RequestLog = os.Getenv(EnvRequestLog)
 	}
 	return o, nil
+}
+
+func envString(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
 }
 
 func envDuration(name string, def time.Duration) time.Duration {

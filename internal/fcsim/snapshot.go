@@ -402,9 +402,14 @@ func (s *Sim) uffdRestore(socketPath string, st *VMState, hugePages string) (*gu
 
 	var progress atomic.Uint64
 	done := make(chan struct{})
+	written := s.opts.UffdVerify == "written"
 	go func() {
 		defer close(done)
-		mem.touchAll(&progress)
+		if written {
+			mem.touchPages(st.Memory.Digest.NonZeroPages, &progress)
+		} else {
+			mem.touchAll(&progress)
+		}
 	}()
 	timer := time.NewTimer(s.opts.UffdTimeout)
 	defer timer.Stop()
@@ -420,10 +425,14 @@ func (s *Sim) uffdRestore(socketPath string, st *VMState, hugePages string) (*gu
 		<-done
 		faulted := progress.Load()
 		mem.close()
-		return nil, fmt.Errorf("userfaultfd page-fault handler at %s did not serve guest memory within %s (%d of %d pages faulted in)", socketPath, s.opts.UffdTimeout, faulted, st.Memory.SizeBytes/pageSize)
+		return nil, fmt.Errorf("userfaultfd page-fault handler at %s did not serve guest memory within %s (%d pages faulted in)", socketPath, s.opts.UffdTimeout, faulted)
 	}
 	s.metrics.add("fcsim.uffd_pages_faulted", progress.Load())
-	if err := mem.verify(st.Memory.Digest); err != nil {
+	verify := mem.verify
+	if written {
+		verify = mem.verifyPages
+	}
+	if err := verify(st.Memory.Digest); err != nil {
 		mem.close()
 		return nil, fmt.Errorf("memory served by the uffd handler: %w", err)
 	}
