@@ -23,6 +23,8 @@ import (
 // fcBin is a hard link to it named "firecracker" (the jailer insists).
 var simBin, fcBin string
 
+var raceSim = os.Getenv("FCSIM_RACE") == "1"
+
 func TestMain(m *testing.M) {
 	// The test binary doubles as a guest agent for HEARTH_FCSIM_GUEST_CMD.
 	if os.Getenv("FCSIM_TEST_GUEST_AGENT") == "1" {
@@ -36,6 +38,13 @@ func TestMain(m *testing.M) {
 	simBin = filepath.Join(dir, "hearth-fcsim")
 	cmd := exec.Command("go", "build", "-o", simBin, "github.com/hearth-vm/hearth/cmd/hearth-fcsim")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if raceSim {
+		// FCSIM_RACE=1 runs the simulator itself under the race
+		// detector (needs cgo, so the jailer tests skip: the binary is
+		// no longer static).
+		cmd = exec.Command("go", "build", "-race", "-o", simBin, "github.com/hearth-vm/hearth/cmd/hearth-fcsim")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	}
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build hearth-fcsim:", err)
@@ -165,6 +174,9 @@ func startSim(t *testing.T, cfg simConfig) *simProc {
 		default:
 			_ = p.cmd.Process.Kill()
 			<-p.exited
+		}
+		if strings.Contains(p.stderr.String(), "WARNING: DATA RACE") {
+			t.Errorf("data race in the simulator")
 		}
 		if t.Failed() {
 			t.Logf("fcsim stderr:\n%s", p.stderr.String())
