@@ -83,12 +83,36 @@ func NewUffd() (int, uint64, error) {
 	return fd, features, nil
 }
 
-func newUffd(features uint64) (int, uint64, error) {
+// userfaultfdDev is the device Firecracker 1.17 opens for a userfaultfd:
+// unlike the syscall, it works for an unprivileged (jailed) process when
+// vm.unprivileged_userfaultfd is 0, as long as the jail has the node.
+const userfaultfdDev = "/dev/userfaultfd"
+
+// USERFAULTFD_IOC_NEW is _IO(0xAA, 0x00).
+const userfaultfdIocNew = 0xAA00
+
+func openUffd() (int, error) {
 	r, _, errno := unix.Syscall(unix.SYS_USERFAULTFD, uintptr(unix.O_CLOEXEC|unix.O_NONBLOCK), 0, 0)
-	if errno != 0 {
-		return -1, 0, fmt.Errorf("userfaultfd syscall: %w", errno)
+	if errno == 0 {
+		return int(r), nil
 	}
-	fd := int(r)
+	dev, err := unix.Open(userfaultfdDev, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("userfaultfd syscall: %w; %s: %w", errno, userfaultfdDev, err)
+	}
+	defer unix.Close(dev)
+	fd, _, errno2 := unix.Syscall(unix.SYS_IOCTL, uintptr(dev), userfaultfdIocNew, uintptr(unix.O_CLOEXEC|unix.O_NONBLOCK))
+	if errno2 != 0 {
+		return -1, fmt.Errorf("userfaultfd syscall: %w; USERFAULTFD_IOC_NEW: %w", errno, errno2)
+	}
+	return int(fd), nil
+}
+
+func newUffd(features uint64) (int, uint64, error) {
+	fd, err := openUffd()
+	if err != nil {
+		return -1, 0, err
+	}
 	// struct uffdio_api { __u64 api; __u64 features; __u64 ioctls; }
 	var api [3]uint64
 	api[0] = uffdAPI

@@ -951,13 +951,6 @@ func TestJailedRestore(t *testing.T) {
 				load.MemPath = startPageFaultServer(t, filepath.Join(e.root, "uffd-"+id+".sock"), req.MemPath)
 			}
 			if err := dst.LoadSnapshot(ctx, load); err != nil {
-				if backend == vmm.MemUffd && strings.Contains(err.Error(), "userfaultfd syscall: operation not permitted") {
-					// The simulator creates the userfaultfd with the
-					// syscall, which a non-root uid may not use here
-					// (vm.unprivileged_userfaultfd=0); Firecracker opens
-					// the /dev/userfaultfd the jailer provides.
-					t.Skip("fcsim cannot create a userfaultfd as the jail's uid:", err)
-				}
 				t.Fatalf("load: %v%s", err, consoleTail(e.console))
 			}
 			if info, err := dst.Info(ctx); err != nil || info.State != InstanceRunning {
