@@ -98,7 +98,7 @@ func (r *Runtime) resolveFiles(ctx context.Context, spec Spec) (Image, error) {
 }
 
 func (r *Runtime) runCreate(ctx context.Context, p *createPlan, steps []step) (View, error) {
-	if err := runSteps(ctx, steps, r.inject); err != nil {
+	if err := runSteps(ctx, steps, r.inject, r.cfg.ObserveStep); err != nil {
 		r.log.Warn("create failed and was rolled back", "vm", p.id, "err", err)
 		return View{}, err
 	}
@@ -139,8 +139,13 @@ func (r *Runtime) commonSteps(p *createPlan) []step {
 				if err != nil {
 					return newErr(KindInvalidArgument, p.op, p.id, err)
 				}
-				e := &vmEntry{rec: store.VM{ID: p.id, Key: newKey(), Status: string(StatusCreating),
-					Backend: p.backend.Name(), Spec: specJSON, CreatedAt: now, UpdatedAt: now}}
+				key := newKey()
+				// The VM dir is on the record from the start (before it
+				// exists), so a crash after its mkdir still finds it and
+				// one durable write covers both steps.
+				e := &vmEntry{rec: store.VM{ID: p.id, Key: key, Status: string(StatusCreating),
+					Backend: p.backend.Name(), Spec: specJSON, CreatedAt: now, UpdatedAt: now,
+					Resources: []store.Resource{{Kind: resDir, Name: r.vmDir(key)}}}}
 				if p.restore != nil {
 					e.rec.RestoredFrom = p.restore.Name
 				}
@@ -175,14 +180,7 @@ func (r *Runtime) commonSteps(p *createPlan) []step {
 		{
 			name: "dir",
 			do: func(ctx context.Context) error {
-				dir := r.vmDir(p.entry.rec.Key)
-				// Recorded before it exists, so that a crash right after
-				// mkdir still finds it on the record.
-				p.addResource(store.Resource{Kind: resDir, Name: dir})
-				if err := r.persistCreating(p); err != nil {
-					return err
-				}
-				if err := os.Mkdir(dir, 0o700); err != nil {
+				if err := os.Mkdir(r.vmDir(p.entry.rec.Key), 0o700); err != nil {
 					return newErr(KindStatePoisoned, p.op, p.id, err)
 				}
 				return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // step is one stage of a create or restore pipeline. undo reverses do and
@@ -21,14 +22,21 @@ type step struct {
 //
 // inject, when set, is consulted before each step and can make it fail;
 // tests use it to prove that a failure at any step leaves nothing behind.
-func runSteps(ctx context.Context, steps []step, inject func(name string) error) error {
+//
+// observe, when set, receives each completed step's duration (the
+// lifecycle step timings of the metrics).
+func runSteps(ctx context.Context, steps []step, inject func(name string) error, observe func(name string, d time.Duration)) error {
 	for i, s := range steps {
 		var err error
 		if inject != nil {
 			err = inject(s.name)
 		}
 		if err == nil {
+			t0 := time.Now()
 			err = s.do(ctx)
+			if err == nil && observe != nil {
+				observe(s.name, time.Since(t0))
+			}
 		}
 		if err == nil {
 			continue

@@ -43,6 +43,10 @@ type Config struct {
 	// StopTimeout bounds a graceful stop before the VMM is killed
 	// (default 10 s).
 	StopTimeout time.Duration
+	// ObserveStep, when set, receives the duration of every create and
+	// restore pipeline step (reserve, dir, allocate, rootfs, launch,
+	// configure, load, record), e.g. for latency histograms.
+	ObserveStep func(step string, d time.Duration)
 	// ConsoleMaxBytes caps each VM's console log (default 8 MiB; two
 	// rotated generations are kept).
 	ConsoleMaxBytes int64

@@ -99,6 +99,9 @@ func Open(dir string) (*Store, error) {
 		lf.Close()
 		return nil, fmt.Errorf("open %s: %w", filepath.Join(dir, "hearth.db"), errors.Join(ErrCorrupt, err))
 	}
+	// A short batch window: a lone write waits at most this long, while
+	// concurrent writes arriving within it share one commit.
+	db.MaxBatchDelay = 200 * time.Microsecond
 	s := &Store{db: db, lock: lf, dir: dir}
 	if err := s.init(); err != nil {
 		s.Close()
@@ -154,6 +157,14 @@ func (s *Store) init() error {
 	})
 }
 
+// update runs fn in a write transaction. Concurrent callers are
+// coalesced into one transaction and one fsync (bbolt's Batch), so many
+// VMs created at once do not queue behind each other's disk syncs; fn may
+// run more than once and must only touch the transaction.
+func (s *Store) update(fn func(tx *bolt.Tx) error) error {
+	return s.db.Batch(fn)
+}
+
 // Dir returns the state dir.
 func (s *Store) Dir() string { return s.dir }
 
@@ -193,7 +204,7 @@ func get(b *bolt.Bucket, key string, v any) error {
 // check and the insert are one transaction, so of two concurrent creates
 // of the same id exactly one succeeds.
 func (s *Store) CreateVM(rec VM) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketVMs)
 		if b.Get([]byte(rec.ID)) != nil {
 			return fmt.Errorf("vm %q: %w", rec.ID, ErrExists)
@@ -204,7 +215,7 @@ func (s *Store) CreateVM(rec VM) error {
 
 // PutVM writes rec, which must exist.
 func (s *Store) PutVM(rec VM) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketVMs)
 		if b.Get([]byte(rec.ID)) == nil {
 			return fmt.Errorf("vm %q: %w", rec.ID, ErrNotFound)
@@ -227,14 +238,14 @@ func (s *Store) GetVM(id string) (VM, error) {
 
 // DeleteVM removes a record; deleting a missing one is not an error.
 func (s *Store) DeleteVM(id string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketVMs).Delete([]byte(id))
 	})
 }
 
 // RenameVM moves the record of old to new atomically.
 func (s *Store) RenameVM(old, new string, at time.Time) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketVMs)
 		if b.Get([]byte(new)) != nil {
 			return fmt.Errorf("vm %q: %w", new, ErrExists)
@@ -270,7 +281,7 @@ func (s *Store) ListVMs() ([]VM, error) {
 
 // CreateSnapshot inserts rec; ErrExists if the name is taken.
 func (s *Store) CreateSnapshot(rec Snapshot) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketSnapshots)
 		if b.Get([]byte(rec.Name)) != nil {
 			return fmt.Errorf("snapshot %q: %w", rec.Name, ErrExists)
@@ -281,7 +292,7 @@ func (s *Store) CreateSnapshot(rec Snapshot) error {
 
 // PutSnapshot overwrites an existing snapshot record.
 func (s *Store) PutSnapshot(rec Snapshot) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketSnapshots)
 		if b.Get([]byte(rec.Name)) == nil {
 			return fmt.Errorf("snapshot %q: %w", rec.Name, ErrNotFound)
@@ -304,7 +315,7 @@ func (s *Store) GetSnapshot(name string) (Snapshot, error) {
 
 // DeleteSnapshot removes a snapshot record.
 func (s *Store) DeleteSnapshot(name string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketSnapshots).Delete([]byte(name))
 	})
 }
@@ -333,7 +344,7 @@ func (s *Store) Allocate(pool string, lo, hi uint64, owner string) (uint64, erro
 		return 0, fmt.Errorf("pool %s: empty range %d-%d", pool, lo, hi)
 	}
 	var got uint64
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		b, err := tx.Bucket(bucketAlloc).CreateBucketIfNotExists([]byte(pool))
 		if err != nil {
 			return err
@@ -363,7 +374,7 @@ func (s *Store) Allocate(pool string, lo, hi uint64, owner string) (uint64, erro
 
 // Release frees a value; releasing a free value is not an error.
 func (s *Store) Release(pool string, v uint64) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketAlloc).Bucket([]byte(pool))
 		if b == nil {
 			return nil
