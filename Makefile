@@ -2,7 +2,7 @@
 GO ?= go
 BIN ?= bin
 
-.PHONY: all build test lint demo clean
+.PHONY: all build test lint demo bench clean
 
 all: lint test build
 
@@ -20,6 +20,10 @@ lint:
 # The main job until a VM can boot: the whole lifecycle on the in-memory backend.
 demo:
 	$(GO) run ./cmd/hearth demo
+
+# Benchmarks, each against a baseline in the same run (root for some).
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./bench/
 
 clean:
 	rm -rf $(BIN)
