@@ -23,7 +23,7 @@ demo:
 
 # Benchmarks, each against a baseline in the same run (root for some).
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 3x ./bench/
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./bench/ | $(GO) run ./bench/report -out bench
 
 clean:
 	rm -rf $(BIN)
