@@ -40,7 +40,7 @@ func TestReport(t *testing.T) {
 		t.Fatalf("markdown:\n%s", md)
 	}
 	svg, _ := os.ReadFile(filepath.Join(dir, "report.svg"))
-	if !strings.HasPrefix(string(svg), "<svg") || strings.Count(string(svg), "<rect") != 5 {
+	if !strings.HasPrefix(string(svg), "<svg") || strings.Count(string(svg), "<rect") != 6 {
 		t.Fatalf("svg:\n%s", svg)
 	}
 	if _, err := build(strings.NewReader("no results\n")); err == nil {
