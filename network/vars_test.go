@@ -1,0 +1,5 @@
+package network_test
+
+import "net/netip"
+
+var netipZero netip.Addr
