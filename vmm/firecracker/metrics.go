@@ -11,6 +11,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hearth-vm/hearth/metrics"
 )
 
 // maxMetricsLine bounds one metrics line; Firecracker's lines are a few
@@ -34,11 +36,13 @@ func makeFIFO(path string, uid, gid int) error {
 }
 
 // metricsDrain reads Firecracker's metrics FIFO continuously: when nobody
-// reads, the pipe fills and Firecracker drops lines. It keeps the last
-// complete line for whoever wants the current numbers.
+// reads, the pipe fills and Firecracker drops lines. Every line feeds an
+// accumulator that sums Firecracker's per-flush deltas into cumulative
+// counters; the last complete line is kept too, raw.
 type metricsDrain struct {
 	f    *os.File
 	done chan struct{}
+	acc  *metrics.FirecrackerAccumulator
 
 	mu   sync.Mutex
 	last []byte
@@ -53,7 +57,7 @@ func openMetricsDrain(path string, log *slog.Logger) (*metricsDrain, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open metrics fifo %s: %w", path, err)
 	}
-	d := &metricsDrain{f: os.NewFile(uintptr(fd), path), done: make(chan struct{})}
+	d := &metricsDrain{f: os.NewFile(uintptr(fd), path), done: make(chan struct{}), acc: metrics.NewFirecrackerAccumulator()}
 	go d.run(log)
 	return d, nil
 }
@@ -73,6 +77,13 @@ func (d *metricsDrain) run(log *slog.Logger) {
 					d.mu.Lock()
 					d.last = append(d.last[:0], l...)
 					d.mu.Unlock()
+					if err := d.acc.Feed(l); err != nil {
+						// Counted by the accumulator; log the first and
+						// then every power of two, not every flush.
+						if n := d.acc.ParseErrors(); n&(n-1) == 0 {
+							log.Warn("firecracker metrics line not understood", "errors", n, "err", err)
+						}
+					}
 				}
 			}
 			line, skipping = line[:0], false
@@ -81,6 +92,7 @@ func (d *metricsDrain) run(log *slog.Logger) {
 				line = append(line, chunk...)
 				if len(line) > maxMetricsLine {
 					log.Warn("firecracker metrics line too long; skipped", "limit", maxMetricsLine)
+					d.acc.Feed([]byte("oversized line")) // counted as a parse error
 					line, skipping = line[:0], true
 				}
 			}
@@ -105,6 +117,22 @@ func (d *metricsDrain) Last() []byte {
 	}
 	return append([]byte(nil), d.last...)
 }
+
+// Accumulator returns the drain's accumulator, or nil for no drain.
+func (d *metricsDrain) Accumulator() *metrics.FirecrackerAccumulator {
+	if d == nil {
+		return nil
+	}
+	return d.acc
+}
+
+// Metrics returns the cumulative Firecracker counters of this VMM (fed by
+// the metrics FIFO drain), for metrics.Source.Firecracker. It is nil when
+// the FIFO is not drained (an adopted VMM whose FIFO is gone). Counters
+// start at zero when the drain starts: after an adoption, deltas flushed
+// while no one read are lost, which Prometheus sees as a counter reset.
+// The accumulator stays readable after the VMM exits.
+func (m *Machine) Metrics() *metrics.FirecrackerAccumulator { return m.metrics.Accumulator() }
 
 // stop closes the FIFO and waits for the reader to end. Idempotent.
 func (d *metricsDrain) stop() {
