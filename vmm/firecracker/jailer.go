@@ -2,23 +2,18 @@ package firecracker
 
 import (
 	"errors"
-	"fmt"
-	"io"
 	"math"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 
-	"golang.org/x/sys/unix"
+	"github.com/hearth-vm/hearth/jail"
 )
 
 // JailedAPISocket is the API socket path as the jailed Firecracker sees
 // it (the jailer's documented default).
 const JailedAPISocket = "/run/firecracker.socket"
-
-// cpuPeriodUS is the CFS period the CPU quota is expressed in.
-const cpuPeriodUS = 100000
 
 // JailerCommand describes one invocation of Firecracker's jailer. Args
 // turns it into the command line; it does no I/O.
@@ -67,33 +62,13 @@ func validInstanceID(s string) bool {
 }
 
 // CgroupArgs returns the --cgroup values for the limits, with the file
-// names of the given cgroup version. cgroup v1 splits the CPU quota into
-// period and quota files and calls the memory limit memory.limit_in_bytes;
-// v2 has cpu.max "<quota> <period>" and memory.max.
+// names of the given cgroup version (see jail.Limits.Files: v1 splits the
+// CPU quota into period and quota files and calls the memory limit
+// memory.limit_in_bytes; v2 has cpu.max and memory.max).
 func CgroupArgs(version int, cpuQuota float64, memoryMax, pidsMax int64) []string {
 	var out []string
-	if cpuQuota > 0 {
-		quota := int64(math.Round(cpuQuota * cpuPeriodUS))
-		if quota < 1000 {
-			quota = 1000 // the kernel's minimum quota is 1 ms
-		}
-		if version == 1 {
-			out = append(out,
-				"cpu.cfs_period_us="+strconv.Itoa(cpuPeriodUS),
-				"cpu.cfs_quota_us="+strconv.FormatInt(quota, 10))
-		} else {
-			out = append(out, "cpu.max="+strconv.FormatInt(quota, 10)+" "+strconv.Itoa(cpuPeriodUS))
-		}
-	}
-	if memoryMax > 0 {
-		if version == 1 {
-			out = append(out, "memory.limit_in_bytes="+strconv.FormatInt(memoryMax, 10))
-		} else {
-			out = append(out, "memory.max="+strconv.FormatInt(memoryMax, 10))
-		}
-	}
-	if pidsMax > 0 {
-		out = append(out, "pids.max="+strconv.FormatInt(pidsMax, 10))
+	for _, f := range (jail.Limits{CPUQuota: cpuQuota, MemoryMax: memoryMax, PidsMax: pidsMax}).Files(version) {
+		out = append(out, f.String())
 	}
 	return out
 }
@@ -205,76 +180,14 @@ func (j JailerCommand) cgroupDirs(root string) []string {
 	return dirs
 }
 
-// linkOrCopy makes dst refer to the contents of src: a hard link when
-// both are on one filesystem (instant, no extra space), a copy otherwise.
-// An existing dst that already is src is kept.
-func linkOrCopy(src, dst string) error {
-	sst, err := os.Stat(src)
-	if err != nil {
-		return fmt.Errorf("stage %s: %w", src, err)
-	}
-	if !sst.Mode().IsRegular() {
-		return fmt.Errorf("stage %s: not a regular file", src)
-	}
-	if dstat, err := os.Stat(dst); err == nil {
-		if os.SameFile(sst, dstat) {
-			return nil
-		}
-		if err := os.Remove(dst); err != nil {
-			return fmt.Errorf("replace stale %s: %w", dst, err)
-		}
-	}
-	err = os.Link(src, dst)
-	if err == nil {
-		return nil
-	}
-	if !errors.Is(err, unix.EXDEV) && !errors.Is(err, unix.EPERM) {
-		return fmt.Errorf("link %s into jail: %w", src, err)
-	}
-	return copyFile(src, dst, sst.Mode().Perm())
-}
+// The jail's staging helpers are shared with package jail (hearth's own
+// jail for other VMMs), so both stage files the same way.
+
+// linkOrCopy hard-links src to dst, copying across filesystems.
+func linkOrCopy(src, dst string) error { return jail.LinkOrCopy(src, dst) }
 
 // copyFile copies src to a new file dst; a partial dst is removed.
-func copyFile(src, dst string, perm os.FileMode) (err error) {
-	in, err := os.Open(src)
-	if err != nil {
-		return fmt.Errorf("copy %s: %w", src, err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
-	if err != nil {
-		return fmt.Errorf("copy %s: %w", src, err)
-	}
-	defer func() {
-		if cerr := out.Close(); err == nil && cerr != nil {
-			err = fmt.Errorf("copy %s: %w", src, cerr)
-		}
-		if err != nil {
-			os.Remove(dst)
-		}
-	}()
-	// io.Copy uses copy_file_range on Linux, so the kernel moves the data.
-	if _, err := io.Copy(out, in); err != nil {
-		return fmt.Errorf("copy %s to %s: %w", src, dst, err)
-	}
-	return nil
-}
+func copyFile(src, dst string, perm os.FileMode) error { return jail.CopyFile(src, dst, perm) }
 
 // moveFile renames src to dst, copying across filesystems.
-func moveFile(src, dst string) error {
-	err := os.Rename(src, dst)
-	if err == nil {
-		return nil
-	}
-	if !errors.Is(err, unix.EXDEV) {
-		return fmt.Errorf("move %s to %s: %w", src, dst, err)
-	}
-	st, err := os.Stat(src)
-	if err != nil {
-		return fmt.Errorf("move %s: %w", src, err)
-	}
-	if err := copyFile(src, dst, st.Mode().Perm()); err != nil {
-		return err
-	}
-	return os.Remove(src)
-}
+func moveFile(src, dst string) error { return jail.MoveFile(src, dst) }
