@@ -286,3 +286,64 @@ func TestJailExecFailsCleanly(t *testing.T) {
 		t.Fatalf("exit %v; console %q", e, readFile(t, console))
 	}
 }
+
+// TestReconcileKillsOrphans: a cgroup under hearth's parent that no VM
+// owns, with a live process in it (a VMM no record knows), is emptied
+// and removed; the owned one is left alone.
+func TestReconcileKillsOrphans(t *testing.T) {
+	needRoot(t)
+	h, err := DetectHierarchy()
+	if err != nil {
+		t.Skip(err)
+	}
+	parent := "hearth-test-rec-" + strconv.Itoa(os.Getpid())
+	t.Cleanup(func() {
+		for _, d := range h.Cgroup(parent).dirs() {
+			removeCgroupTree(d)
+		}
+	})
+	m, err := New(Config{ChrootBase: filepath.Join(t.TempDir(), "jails"), CgroupParent: parent}, NewMemAllocator())
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := func(id string) *proc.Process {
+		p, err := proc.Start(proc.StartSpec{Path: "/bin/sleep", Args: []string{"60"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Kill(); p.Release() })
+		cg := m.Cgroup(id)
+		if err := cg.Create(Limits{PidsMax: 4}.Files(h.Version)); err != nil {
+			t.Fatal(err)
+		}
+		if err := cg.Join(p.Pid()); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	orphan, owned := start("orphan-vm"), start("owned-vm")
+	rep, err := m.Reconcile(func(id string) bool { return id == "owned-vm" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(rep.Cgroups, []string{parent + "/orphan-vm"}) {
+		t.Fatalf("report %+v", rep)
+	}
+	select {
+	case <-orphan.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("orphan process not killed")
+	}
+	if m.Cgroup("orphan-vm").Exists() {
+		t.Fatal("orphan cgroup left")
+	}
+	select {
+	case <-owned.Done():
+		t.Fatal("owned VM's process killed")
+	default:
+	}
+	if err := m.Teardown("sleep", "owned-vm"); err != nil {
+		t.Fatal(err)
+	}
+	<-owned.Done()
+}
