@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hearth-vm/hearth/jail"
 	"github.com/hearth-vm/hearth/store"
 	"github.com/hearth-vm/hearth/vmm"
 	"golang.org/x/sys/unix"
@@ -98,7 +99,11 @@ func (r *Runtime) resolveFiles(ctx context.Context, spec Spec) (Image, error) {
 }
 
 func (r *Runtime) runCreate(ctx context.Context, p *createPlan, steps []step) (View, error) {
-	if err := runSteps(ctx, steps, r.inject, r.cfg.ObserveStep); err != nil {
+	var observe func(string, time.Duration)
+	if o := r.cfg.ObserveStep; o != nil {
+		observe = func(step string, d time.Duration) { o(p.backend.Name(), step, d) }
+	}
+	if err := runSteps(ctx, steps, r.inject, observe); err != nil {
 		r.log.Warn("create failed and was rolled back", "vm", p.id, "err", err)
 		return View{}, err
 	}
@@ -197,7 +202,7 @@ func (r *Runtime) commonSteps(p *createPlan) []step {
 				if !p.spec.AgentEnabled() {
 					return nil
 				}
-				cid, err := r.st.Allocate(poolCID, cidFirst, cidLast, p.id)
+				cid, err := r.st.Allocate(poolCID, cidFirst, cidLast, p.entry.rec.Key)
 				if err != nil {
 					return newErr(KindStatePoisoned, p.op, p.id, err)
 				}
@@ -213,6 +218,28 @@ func (r *Runtime) commonSteps(p *createPlan) []step {
 				return nil
 			},
 		},
+		{
+			name: "jail",
+			do: func(ctx context.Context) error {
+				if p.spec.Jail == nil {
+					return nil
+				}
+				if err := r.allocateJail(p.op, p.entry); err != nil {
+					return err
+				}
+				return r.persistCreating(p)
+			},
+			undo: func(ctx context.Context) error {
+				var errs []error
+				if uid, ok := findAlloc(p.entry.rec.Resources, jail.IDPool); ok {
+					errs = append(errs, r.st.Release(jail.IDPool, uid))
+				}
+				// The backend removes its jail when a launch fails; this
+				// catches what a later step's failure leaves.
+				errs = append(errs, r.teardownJail(p.entry.rec.Key))
+				return errors.Join(errs...)
+			},
+		},
 	}
 }
 
@@ -221,7 +248,7 @@ func (r *Runtime) launchStep(p *createPlan) step {
 	return step{
 		name: "launch",
 		do: func(ctx context.Context) error {
-			m, err := r.launch(ctx, p.backend, p.entry)
+			m, err := r.launch(ctx, p.backend, p.entry, p.spec)
 			if err != nil {
 				return vmmErr(p.op, p.id, KindUnsupported, err)
 			}
@@ -303,8 +330,9 @@ func (r *Runtime) createSteps(p *createPlan) []step {
 	return steps
 }
 
-// launch starts a VMM for e in its directory.
-func (r *Runtime) launch(ctx context.Context, b vmm.Backend, e *vmEntry) (vmm.Machine, error) {
+// launch starts a VMM for e in its directory (and its jail, if it has
+// one).
+func (r *Runtime) launch(ctx context.Context, b vmm.Backend, e *vmEntry, spec Spec) (vmm.Machine, error) {
 	dir := r.vmDir(e.rec.Key)
 	// The VMM is named by the VM's immutable key: it satisfies every VMM's
 	// id rules (Firecracker allows only [A-Za-z0-9-]) and survives renames.
@@ -312,6 +340,7 @@ func (r *Runtime) launch(ctx context.Context, b vmm.Backend, e *vmEntry) (vmm.Ma
 		VMID:        e.rec.Key,
 		Dir:         dir,
 		ConsolePath: filepath.Join(dir, "console.log"),
+		Jail:        r.launchJail(e, spec),
 	})
 }
 

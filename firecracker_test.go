@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -398,4 +399,99 @@ func fmtSscan(s string, pid *int) (int, error) {
 	}
 	*pid = n
 	return 1, nil
+}
+
+// TestFirecrackerJailed runs jailed VMs (the simulator plays the jailer):
+// each gets its own uid, a chroot and a cgroup with the spec's limits, and
+// destroy leaves none of them behind.
+func TestFirecrackerJailed(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("jailer tests need root (chroot, setuid, cgroups)")
+	}
+	ctx := context.Background()
+	bin := fcsimBinary(t)
+	jailer := filepath.Join(filepath.Dir(bin), "jailer")
+	if _, err := os.Lstat(jailer); err != nil {
+		if err := os.Symlink(bin, jailer); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir, err := os.MkdirTemp("", "hj")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	k, r := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "rootfs.ext4")
+	os.WriteFile(k, []byte("kernel"), 0o644)
+	os.WriteFile(r, make([]byte, 1<<20), 0o644)
+	const parent = "hearth-test-jailed"
+	b, err := firecracker.New(firecracker.Options{Binary: bin, JailerBinary: jailer, UseJailer: true, ParentCgroup: parent,
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "s")
+	rt, err := hearth.Open(ctx, hearth.Config{StateDir: state, Backends: []vmm.Backend{b}, JailCgroupParent: parent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	spec := hearth.Spec{Kernel: k, Rootfs: r, MemoryMiB: 32, Jail: &hearth.JailSpec{PidsMax: 64, CPUQuota: 0.5}}
+	for _, id := range []string{"j1", "j2"} {
+		if _, err := rt.Create(ctx, id, spec); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rt.Start(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v1, _ := rt.Get(ctx, "j1")
+	v2, _ := rt.Get(ctx, "j2")
+	uid := func(pid int) string {
+		b, _ := os.ReadFile(filepath.Join("/proc", fmt.Sprint(pid), "status"))
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "Uid:") {
+				return strings.Fields(l)[1]
+			}
+		}
+		return ""
+	}
+	u1, u2 := uid(v1.Pid), uid(v2.Pid)
+	if u1 == "" || u1 == "0" || u1 == u2 {
+		t.Fatalf("jailed VMMs must run as distinct unprivileged uids: %q %q", u1, u2)
+	}
+	root1, _ := os.Readlink(filepath.Join("/proc", fmt.Sprint(v1.Pid), "root"))
+	if !strings.HasPrefix(root1, filepath.Join(state, "jail")) {
+		t.Fatalf("VMM root %q is not its chroot", root1)
+	}
+	// Snapshot and restore work through the jail.
+	if _, err := rt.Snapshot(ctx, "j1", "js"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Restore(ctx, hearth.RestoreSpec{Snapshot: "js", VM: "j3"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"j1", "j2", "j3"} {
+		if err := rt.Destroy(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, v := range []hearth.View{v1, v2} {
+		waitGone(t, v.Pid)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(state, "jail")); len(ents) != 0 {
+		t.Fatalf("jails left: %v", ents)
+	}
+	for _, ctrl := range []string{"pids", "cpu", "memory", "cpu,cpuacct"} {
+		ents, _ := os.ReadDir(filepath.Join("/sys/fs/cgroup", ctrl, parent))
+		for _, e := range ents {
+			if e.IsDir() {
+				t.Fatalf("cgroup left: %s/%s/%s", ctrl, parent, e.Name())
+			}
+		}
+		os.Remove(filepath.Join("/sys/fs/cgroup", ctrl, parent))
+	}
+	if pids := simProcesses(t); len(pids) != 0 {
+		t.Fatalf("VMMs left: %v", pids)
+	}
 }

@@ -77,7 +77,7 @@ func (r *Runtime) relaunch(ctx context.Context, op string, e *vmEntry) error {
 	if err != nil {
 		return newErr(KindUnsupported, op, id, err)
 	}
-	m, err := r.launch(ctx, b, e)
+	m, err := r.launch(ctx, b, e, spec)
 	if err != nil {
 		return vmmErr(op, id, KindUnsupported, err)
 	}

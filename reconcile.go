@@ -116,6 +116,17 @@ func (r *Runtime) reclaim(owned map[string]bool) error {
 		}
 		r.report.Reclaimed = append(r.report.Reclaimed, "dir "+p)
 	}
+	// An allocation is owned when a record lists it among its resources
+	// (the owner string on the allocation is informational: renames do
+	// not rewrite it).
+	held := map[string]bool{}
+	for _, e := range r.vms {
+		for _, res := range e.rec.Resources {
+			if pool, v, ok := allocValue(res); ok && res.Kind == resAlloc {
+				held[pool+"/"+strconv.FormatUint(v, 10)] = true
+			}
+		}
+	}
 	pools, err := r.st.Pools()
 	if err != nil {
 		return newErr(KindStatePoisoned, op, "", err)
@@ -125,16 +136,26 @@ func (r *Runtime) reclaim(owned map[string]bool) error {
 		if err != nil {
 			return newErr(KindStatePoisoned, op, "", err)
 		}
-		for v, owner := range allocs {
-			if e := r.vms[owner]; e != nil {
-				if got, ok := findAlloc(e.rec.Resources, pool); ok && got == v {
-					continue
-				}
+		for v := range allocs {
+			if held[pool+"/"+strconv.FormatUint(v, 10)] {
+				continue
 			}
 			if err := r.st.Release(pool, v); err != nil {
 				return newErr(KindStatePoisoned, op, "", err)
 			}
 			r.report.Reclaimed = append(r.report.Reclaimed, pool+" "+strconv.FormatUint(v, 10))
+		}
+	}
+	if r.jails != nil {
+		jrep, err := r.jails.Reconcile(func(key string) bool { return owned[key] })
+		for _, j := range jrep.Jails {
+			r.report.Reclaimed = append(r.report.Reclaimed, "jail "+j)
+		}
+		for _, c := range jrep.Cgroups {
+			r.report.Reclaimed = append(r.report.Reclaimed, "cgroup "+c)
+		}
+		if err != nil {
+			r.log.Warn("reconcile jails", "err", err)
 		}
 	}
 	snaps, err := r.st.ListSnapshots()

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hearth-vm/hearth/jail"
 	"github.com/hearth-vm/hearth/store"
 	"github.com/hearth-vm/hearth/vmm"
 )
@@ -45,8 +46,15 @@ type Config struct {
 	StopTimeout time.Duration
 	// ObserveStep, when set, receives the duration of every create and
 	// restore pipeline step (reserve, dir, allocate, rootfs, launch,
-	// configure, load, record), e.g. for latency histograms.
-	ObserveStep func(step string, d time.Duration)
+	// configure, load, record) with the VM's backend, e.g. for latency
+	// histograms (metrics.Registry.ObserveStep).
+	ObserveStep func(backend, step string, d time.Duration)
+	// JailDir holds the VMs' jails (default <state-dir>/jail). It must
+	// belong to hearth alone: reconcile removes what no VM owns.
+	JailDir string
+	// JailCgroupParent is the parent cgroup of jailed VMs (default
+	// "hearth"); give the Firecracker backend the same ParentCgroup.
+	JailCgroupParent string
 	// ConsoleMaxBytes caps each VM's console log (default 8 MiB; two
 	// rotated generations are kept).
 	ConsoleMaxBytes int64
@@ -99,6 +107,8 @@ type Runtime struct {
 	backends map[string]vmm.Backend
 	def      string
 	report   ReconcileReport
+	jails    *jail.Manager
+	jailErr  error
 
 	mu      sync.Mutex
 	vms     map[string]*vmEntry
@@ -184,6 +194,7 @@ func Open(ctx context.Context, cfg Config) (*Runtime, error) {
 		return nil, newErr(KindStatePoisoned, op, "", err)
 	}
 	r.st = st
+	r.openJails()
 	for _, d := range []string{r.vmsDir(), r.snapshotsDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			st.Close()
@@ -396,6 +407,10 @@ func (r *Runtime) release(res store.Resource) error {
 	case resDir:
 		if err := os.RemoveAll(res.Name); err != nil {
 			return fmt.Errorf("remove %s: %w", res.Name, err)
+		}
+	case resJail:
+		if err := r.teardownJail(res.Name); err != nil {
+			return fmt.Errorf("tear down jail %s: %w", res.Name, err)
 		}
 	case resAlloc:
 		pool, v, ok := allocValue(res)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hearth-vm/hearth/jail"
 	"github.com/hearth-vm/hearth/store"
 	"github.com/hearth-vm/hearth/vmm"
 	"github.com/hearth-vm/hearth/vmm/memvmm"
@@ -139,6 +140,7 @@ func TestLifecycle(t *testing.T) {
 	spec := f.spec
 	spec.Agent = agentOn()
 	spec.Labels = map[string]string{"tenant": "t1"}
+	spec.Jail = &JailSpec{CPUQuota: 0.5, PidsMax: 32}
 
 	v, err := rt.Create(ctx, "vm1", spec)
 	if err != nil {
@@ -394,6 +396,7 @@ func TestCreateFailureAtEveryStep(t *testing.T) {
 	f := newFixture(t)
 	spec := f.spec
 	spec.Agent = agentOn()
+	spec.Jail = &JailSpec{PidsMax: 64}
 	// A snapshot to restore from, and one VM that stays, so that leaks
 	// show up as differences rather than hiding in an empty store.
 	if _, err := f.rt.Create(ctx, "base", spec); err != nil {
@@ -759,6 +762,7 @@ func TestReconcileRollsBackInterruptedCreate(t *testing.T) {
 	orphan := filepath.Join(f.rt.vmsDir(), "orphan")
 	os.Mkdir(orphan, 0o700)
 	f.rt.st.Allocate(poolCID, 1000, 1000, "ghost")
+	f.rt.st.Allocate(jail.IDPool, 7, 7, "ghost")
 	f.rt.Close()
 
 	f.rt = f.open(t, f.backend)
