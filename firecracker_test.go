@@ -193,6 +193,15 @@ func TestFirecrackerLifecycle(t *testing.T) {
 		}
 	}
 
+	// Stats: process counters and the VMM's own (drained from its FIFO).
+	st, err := rt.Stats(ctx, "vm1")
+	if err != nil || st.Pid != v.Pid || st.CPU == nil || st.Memory == nil || st.Firecracker == nil {
+		t.Fatalf("stats: %+v %v", st, err)
+	}
+	if srcs := rt.MetricSources(); len(srcs) != 1 || srcs[0].Firecracker == nil {
+		t.Fatalf("metric sources: %+v", srcs)
+	}
+
 	// Snapshot of a running VM: pause, create, resume.
 	sv, err := rt.Snapshot(ctx, "vm1", "snap")
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/hearth-vm/hearth/jail"
+	"github.com/hearth-vm/hearth/metrics"
 	"github.com/hearth-vm/hearth/store"
 	"github.com/hearth-vm/hearth/vmm"
 )
@@ -128,11 +129,21 @@ type vmEntry struct {
 	machine vmm.Machine
 	gone    bool
 	view    atomic.Pointer[store.VM]
+	// fcMetrics mirrors the machine's Firecracker counters for readers
+	// that must not take mu.
+	fcMetrics atomic.Pointer[metrics.FirecrackerAccumulator]
 }
 
+// publish makes the record (and the machine's counters) visible to
+// lock-free readers; called under mu after every change.
 func (e *vmEntry) publish() {
 	rec := e.rec
 	e.view.Store(&rec)
+	var acc *metrics.FirecrackerAccumulator
+	if fm, ok := e.machine.(firecrackerMetrics); ok {
+		acc = fm.Metrics()
+	}
+	e.fcMetrics.Store(acc)
 }
 
 // Open opens the runtime on cfg.StateDir, locking it against other

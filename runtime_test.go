@@ -811,3 +811,29 @@ func TestConsole(t *testing.T) {
 		t.Fatalf("after crash: %v", lines)
 	}
 }
+
+func TestStats(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	if _, err := f.rt.Create(ctx, "vm", f.spec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.rt.Stats(ctx, "nope"); !errors.Is(err, ErrVMNotFound) {
+		t.Fatal(err)
+	}
+	st, err := f.rt.Stats(ctx, "vm")
+	if err != nil || st.VM != "vm" || st.Backend != "mem" {
+		t.Fatalf("%+v %v", st, err)
+	}
+	if srcs := f.rt.MetricSources(); len(srcs) != 1 || srcs[0].VM != "vm" {
+		t.Fatalf("sources: %+v", srcs)
+	}
+	f.rt.Start(ctx, "vm")
+	f.rt.Stop(ctx, "vm")
+	if _, err := f.rt.Stats(ctx, "vm"); !errors.Is(err, ErrInvalidTransition) {
+		t.Fatalf("stats of a stopped VM: %v", err)
+	}
+	if srcs := f.rt.MetricSources(); len(srcs) != 0 {
+		t.Fatalf("stopped VM in sources: %+v", srcs)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hearth-vm/hearth"
+	"github.com/hearth-vm/hearth/metrics"
 )
 
 // MaxBodyBytes bounds every request body.
@@ -43,6 +44,7 @@ type Runtime interface {
 	Snapshots(ctx context.Context) ([]hearth.SnapshotView, error)
 	GetSnapshot(ctx context.Context, name string) (hearth.SnapshotView, error)
 	DeleteSnapshot(ctx context.Context, name string) error
+	Stats(ctx context.Context, id string) (metrics.Stats, error)
 	ConsoleTail(ctx context.Context, id string, n int) ([]string, error)
 	ConsoleFollow(ctx context.Context, id string, w io.Writer) error
 	Reconciled() hearth.ReconcileReport
@@ -110,19 +112,22 @@ type Server struct {
 	mux     *http.ServeMux
 	routes  []Route
 	events  *Broker
+	metrics http.Handler
 }
 
 // Options configure a Server.
 type Options struct {
 	Version string
 	Logger  *slog.Logger
-	// Events feeds GET /v1/events; nil disables the stream (404).
+	// Events feeds GET /v1/events; nil disables the stream (501).
 	Events *Broker
+	// Metrics is served at GET /metrics (Prometheus); nil disables it.
+	Metrics http.Handler
 }
 
 // NewServer builds the API handler for rt.
 func NewServer(rt Runtime, o Options) *Server {
-	s := &Server{rt: rt, log: o.Logger, version: o.Version, started: time.Now().UTC(), mux: http.NewServeMux(), events: o.Events}
+	s := &Server{rt: rt, log: o.Logger, version: o.Version, started: time.Now().UTC(), mux: http.NewServeMux(), events: o.Events, metrics: o.Metrics}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -144,6 +149,8 @@ func NewServer(rt Runtime, o Options) *Server {
 	s.handle("DELETE /v1/snapshots/{name}", s.deleteSnapshot)
 	s.handle("POST /v1/snapshots/{name}/restore", s.restore)
 	s.handle("GET /v1/vms/{id}/console", s.console)
+	s.handle("GET /v1/vms/{id}/stats", s.stats)
+	s.handle("GET /metrics", s.prometheus)
 	s.handle("GET /v1/events", s.streamEvents)
 	return s
 }
@@ -432,6 +439,23 @@ func (s *Server) restore(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusCreated, v)
+}
+
+func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
+	st, err := s.rt.Stats(r.Context(), r.PathValue("id"))
+	if err != nil {
+		writeError(w, err, 0)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (s *Server) prometheus(w http.ResponseWriter, r *http.Request) {
+	if s.metrics == nil {
+		writeError(w, &hearth.Error{Kind: hearth.KindUnsupported, Op: "metrics", Err: errors.New("metrics not enabled")}, 0)
+		return
+	}
+	s.metrics.ServeHTTP(w, r)
 }
 
 // console serves the last ?tail=N lines (default 100) of a VM's console

@@ -20,6 +20,7 @@ import (
 	"github.com/hearth-vm/hearth"
 	"github.com/hearth-vm/hearth/api"
 	"github.com/hearth-vm/hearth/api/client"
+	"github.com/hearth-vm/hearth/metrics"
 	"github.com/hearth-vm/hearth/vmm"
 	"github.com/hearth-vm/hearth/vmm/memvmm"
 )
@@ -201,6 +202,8 @@ func TestErrorsOverSocket(t *testing.T) {
 		{"oversize", "POST", "/v1/vms", `{"id":"x","spec":{"boot_args":"` + strings.Repeat("a", api.MaxBodyBytes) + `"}}`, 400, hearth.KindInvalidArgument},
 		{"bad label filter", "GET", "/v1/vms?label==x", "", 400, hearth.KindInvalidArgument},
 		{"bad status filter", "GET", "/v1/vms?status=zombie", "", 400, hearth.KindInvalidArgument},
+		{"stats of unknown vm", "GET", "/v1/vms/nope/stats", "", 404, hearth.KindVMNotFound},
+		{"metrics disabled", "GET", "/metrics", "", 501, hearth.KindUnsupported},
 		{"console of unknown vm", "GET", "/v1/vms/nope/console", "", 404, hearth.KindVMNotFound},
 		{"bad tail", "GET", "/v1/vms/vm1/console?tail=-1", "", 400, hearth.KindInvalidArgument},
 		{"unsupported", "POST", "/v1/snapshots/s/restore", `{"vm":"y","memory_backend":"uffd"}`, 501, hearth.KindUnsupported},
@@ -257,7 +260,10 @@ func (f errRuntime) Snapshots(context.Context) ([]hearth.SnapshotView, error) { 
 func (f errRuntime) GetSnapshot(context.Context, string) (hearth.SnapshotView, error) {
 	return hearth.SnapshotView{}, f.err
 }
-func (f errRuntime) DeleteSnapshot(context.Context, string) error               { return f.err }
+func (f errRuntime) DeleteSnapshot(context.Context, string) error { return f.err }
+func (f errRuntime) Stats(context.Context, string) (metrics.Stats, error) {
+	return metrics.Stats{}, f.err
+}
 func (f errRuntime) ConsoleTail(context.Context, string, int) ([]string, error) { return nil, f.err }
 func (f errRuntime) ConsoleFollow(context.Context, string, io.Writer) error     { return f.err }
 func (f errRuntime) Reconciled() hearth.ReconcileReport                         { return hearth.ReconcileReport{} }

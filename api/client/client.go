@@ -14,6 +14,7 @@ import (
 
 	"github.com/hearth-vm/hearth"
 	"github.com/hearth-vm/hearth/api"
+	"github.com/hearth-vm/hearth/metrics"
 )
 
 // Client talks to a hearth daemon.
@@ -299,4 +300,11 @@ func (c *Client) Console(ctx context.Context, id string, tail int, follow bool, 
 		return nil
 	}
 	return err
+}
+
+// Stats returns a VM's resource use now.
+func (c *Client) Stats(ctx context.Context, id string) (metrics.Stats, error) {
+	var st metrics.Stats
+	err := c.do(ctx, "GET", "/v1/vms/"+esc(id)+"/stats", nil, &st)
+	return st, err
 }
