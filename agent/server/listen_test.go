@@ -1,0 +1,184 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hearth-vm/hearth/agent"
+	"github.com/hearth-vm/hearth/vsock"
+)
+
+func TestParseListen(t *testing.T) {
+	tests := []struct {
+		in   string
+		want ListenSpec
+		ok   bool
+	}{
+		{"vsock:1024", ListenSpec{Kind: KindVsock, Port: 1024}, true},
+		{"fcsim:5555", ListenSpec{Kind: KindFcsim, Port: 5555}, true},
+		{"unix:/run/a.sock", ListenSpec{Kind: KindUnix, Path: "/run/a.sock"}, true},
+		{"serial:hearth.agent", ListenSpec{Kind: KindSerial, Name: "hearth.agent"}, true},
+		{"serial:/dev/vport1p1", ListenSpec{Kind: KindSerial, Path: "/dev/vport1p1"}, true},
+		{"vsock:0", ListenSpec{}, false},
+		{"vsock:x", ListenSpec{}, false},
+		{"vsock:4294967296", ListenSpec{}, false},
+		{"tcp:80", ListenSpec{}, false},
+		{"unix:", ListenSpec{}, false},
+		{"vsock", ListenSpec{}, false},
+		{"serial:a/b", ListenSpec{}, false},
+		{"unix:/" + string(make([]byte, 120)), ListenSpec{}, false},
+	}
+	for _, tt := range tests {
+		got, err := ParseListen(tt.in)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("ParseListen(%q) = %+v, %v", tt.in, got, err)
+		}
+		if tt.ok {
+			if back, _ := ParseListen(got.String()); back != got {
+				t.Errorf("%q does not round-trip: %q", tt.in, got.String())
+			}
+		}
+	}
+}
+
+func TestFindVirtioPort(t *testing.T) {
+	sys := shortDir(t)
+	for dir, name := range map[string]string{"vport1p1": "org.qemu.guest_agent.0\n", "vport1p2": "hearth.agent\n", "vport2p1": ""} {
+		os.MkdirAll(filepath.Join(sys, dir), 0o755)
+		if name != "" {
+			os.WriteFile(filepath.Join(sys, dir, "name"), []byte(name), 0o644)
+		}
+	}
+	dev, err := FindVirtioPort(sys, agent.SerialPortName)
+	if err != nil || dev != "/dev/vport1p2" {
+		t.Fatalf("%q %v", dev, err)
+	}
+	if _, err := FindVirtioPort(sys, "missing"); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("missing port: %v", err)
+	}
+	if _, err := FindVirtioPort(filepath.Join(sys, "none"), "x"); err == nil {
+		t.Fatal("no sysfs dir: no error")
+	}
+}
+
+func TestListenUnixReplacesStaleSocket(t *testing.T) {
+	dir := shortDir(t)
+	p := filepath.Join(dir, "s.sock")
+	ln, err := ListenUnix(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	ln, err = ListenUnix(p)
+	if err != nil {
+		t.Fatalf("stale socket not replaced: %v", err)
+	}
+	ln.Close()
+	if fi, err := os.Stat(p); err == nil && fi.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v", fi.Mode())
+	}
+	regular := filepath.Join(dir, "file")
+	os.WriteFile(regular, nil, 0o600)
+	if _, err := ListenUnix(regular); err == nil {
+		t.Fatal("a regular file was replaced by a socket")
+	}
+
+	t.Setenv(EnvFcsimGuestDir, dir)
+	spec, _ := ParseListen("fcsim:1024")
+	ln, err = spec.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if ln.Addr().String() != filepath.Join(dir, "1024.sock") {
+		t.Errorf("fcsim listener at %s", ln.Addr())
+	}
+}
+
+// TestServeSerial drives the serial loop with an in-memory "port": stale
+// bytes in both directions before the hello, then a host that goes away
+// and a new one that connects to the reopened port.
+func TestServeSerial(t *testing.T) {
+	dir := shortDir(t)
+	s, err := New(Config{NoAuth: true, SecretsDir: filepath.Join(dir, "s")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostEnds := make(chan net.Conn, 1)
+	var opens atomic.Int32
+	open := func() (io.ReadWriteCloser, error) {
+		opens.Add(1)
+		g, h := socketPair(t)
+		select {
+		case hostEnds <- h:
+		default:
+			// Nobody took the previous end: a port with no host reads EOF.
+			h.Close()
+		}
+		// A port keeps bytes the guest wrote for an earlier host.
+		g.Write([]byte("\x00\x00stale yamux bytes\nHEARTH-AGENT/1 OK 1234\n"))
+		return struct{ io.ReadWriteCloser }{g}, nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.ServeSerial(ctx, open) }()
+	defer func() { cancel(); s.Close(); <-done }()
+
+	var current atomic.Pointer[net.Conn]
+	dialer := vsock.DialFunc(func(ctx context.Context) (net.Conn, error) {
+		select {
+		case h := <-hostEnds:
+			// And the host side may send leftovers of its own.
+			h.Write([]byte("garbage from an old host session"))
+			current.Store(&h)
+			return h, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	})
+	c := agent.New(dialer, "")
+	defer c.Close()
+	cctx, ccancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer ccancel()
+	if err := c.Ping(cctx); err != nil {
+		t.Fatal(err)
+	}
+	(*current.Load()).Close()
+	if err := c.Ping(cctx); err != nil {
+		t.Fatalf("ping after the host reconnected: %v", err)
+	}
+	if n := opens.Load(); n < 2 {
+		t.Errorf("port opened %d times, want a reopen per session", n)
+	}
+}
+
+// socketPair is a kernel-buffered stream pair, like a port whose buffer
+// holds bytes before anyone reads them.
+func socketPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cs [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "pair")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs[i] = c
+	}
+	return cs[0], cs[1]
+}
