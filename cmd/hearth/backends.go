@@ -7,6 +7,7 @@ import (
 	"os/exec"
 
 	"github.com/hearth-vm/hearth"
+	"github.com/hearth-vm/hearth/jail"
 	"github.com/hearth-vm/hearth/vmm"
 	"github.com/hearth-vm/hearth/vmm/firecracker"
 	"github.com/hearth-vm/hearth/vmm/memvmm"
@@ -35,7 +36,10 @@ func (f *backendFlags) build(log *slog.Logger) ([]vmm.Backend, string, error) {
 		return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "backend", Err: err}
 	}
 	newFC := func() (vmm.Backend, error) {
-		return firecracker.New(firecracker.Options{Binary: f.firecrackerBin, JailerBinary: f.jailerBin, UseJailer: f.useJailer, Logger: log})
+		// The jailer's parent cgroup must be the runtime's, so that the
+		// runtime can tear down and reconcile the VMs' cgroups.
+		return firecracker.New(firecracker.Options{Binary: f.firecrackerBin, JailerBinary: f.jailerBin, UseJailer: f.useJailer,
+			ParentCgroup: jail.DefaultCgroupParent, Logger: log})
 	}
 	switch f.backend {
 	case "mem":

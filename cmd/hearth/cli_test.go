@@ -2,6 +2,10 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
 	"encoding/json"
 	"errors"
 	"os"
@@ -171,6 +175,12 @@ func TestDaemonAndCLI(t *testing.T) {
 		}
 	}
 	c.ok("logs", "vm1", "-n", "5")
+	if out := c.ok("stats", "vm1", "-o", "json"); !strings.Contains(out, `"backend": "mem"`) {
+		t.Fatalf("stats: %s", out)
+	}
+	if out := scrape(t, c.socket); !strings.Contains(out, "hearth_lifecycle_step_seconds_bucket") {
+		t.Fatalf("/metrics lacks the step histogram:\n%.2000s", out)
+	}
 	c.ok("stop", "vm1")
 	c.ok("rm", "vm1", "tenant1")
 	c.ok("snapshot", "rm", "warm")
@@ -192,4 +202,22 @@ func TestDaemonAndCLI(t *testing.T) {
 	if _, err := os.Stat(c.socket); !errors.Is(err, os.ErrNotExist) {
 		t.Fatal("socket left behind")
 	}
+}
+
+// scrape fetches the daemon's Prometheus metrics over its socket.
+func scrape(t *testing.T, socket string) string {
+	t.Helper()
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+	}}}
+	resp, err := c.Get("http://hearth/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("/metrics: %s %s", resp.Status, b)
+	}
+	return string(b)
 }

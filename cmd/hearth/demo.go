@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hearth-vm/hearth"
+	"github.com/hearth-vm/hearth/jail"
 	"github.com/spf13/cobra"
 )
 
@@ -71,7 +72,8 @@ func runDemo(ctx context.Context, out io.Writer, g *globals, bf *backendFlags, s
 			return err
 		}
 	}
-	rt, err := hearth.Open(ctx, hearth.Config{StateDir: stateDir, Backends: backends, DefaultBackend: def, Logger: g.log})
+	rt, err := hearth.Open(ctx, hearth.Config{StateDir: stateDir, Backends: backends, DefaultBackend: def, Logger: g.log,
+		JailCgroupParent: jail.DefaultCgroupParent})
 	if err != nil {
 		return err
 	}

@@ -11,10 +11,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hearth-vm/hearth"
 	"github.com/hearth-vm/hearth/api"
+	"github.com/hearth-vm/hearth/jail"
+	"github.com/hearth-vm/hearth/metrics"
 	"github.com/spf13/cobra"
 )
 
@@ -86,11 +89,21 @@ func runServe(ctx context.Context, cmd *cobra.Command, g *globals, bf *backendFl
 		return err
 	}
 	broker := api.NewBroker()
+	// The registry's per-VM collector asks the runtime at every scrape;
+	// the runtime feeds the registry its step timings.
+	var rtRef atomic.Pointer[hearth.Runtime]
+	reg := metrics.NewRegistry(func() []metrics.Source {
+		if rt := rtRef.Load(); rt != nil {
+			return rt.MetricSources()
+		}
+		return nil
+	})
 	rt, err := hearth.Open(ctx, hearth.Config{StateDir: g.stateDir, Backends: backends, DefaultBackend: def,
-		Logger: g.log, OnEvent: broker.Publish})
+		Logger: g.log, OnEvent: broker.Publish, ObserveStep: reg.ObserveStep, JailCgroupParent: jail.DefaultCgroupParent})
 	if err != nil {
 		return err
 	}
+	rtRef.Store(rt)
 	rep := rt.Reconciled()
 	g.log.Info("reconciled state dir", "dir", g.stateDir, "adopted", rep.Adopted, "crashed", rep.Crashed,
 		"abandoned", rep.Abandoned, "reclaimed", rep.Reclaimed)
@@ -100,7 +113,7 @@ func runServe(ctx context.Context, cmd *cobra.Command, g *globals, bf *backendFl
 		rt.Close()
 		return err
 	}
-	srv := api.NewServer(rt, api.Options{Version: version, Logger: g.log, Events: broker})
+	srv := api.NewServer(rt, api.Options{Version: version, Logger: g.log, Events: broker, Metrics: reg.Handler()})
 	servers := []*http.Server{{Handler: srv, ReadHeaderTimeout: 10 * time.Second}}
 	listeners := []net.Listener{l}
 	if tcpAddr != "" {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -72,7 +73,7 @@ func lifecycleCmds(g *globals) []*cobra.Command {
 		vmVerb(g, "pause", "Pause VMs", "Freeze running VMs' vCPUs; memory stays allocated.", (*client.Client).Pause),
 		vmVerb(g, "resume", "Resume paused VMs", "Continue paused VMs.", (*client.Client).Resume),
 		vmVerb(g, "stop", "Shut VMs down", "Ask each guest to power off, then signal its VMM after the stop timeout. Disk and resources stay; start boots it again.", (*client.Client).Stop),
-		rmCmd(g), renameCmd(g), snapshotCmd(g), restoreCmd(g), eventsCmd(g), logsCmd(g),
+		rmCmd(g), renameCmd(g), snapshotCmd(g), restoreCmd(g), eventsCmd(g), logsCmd(g), statsCmd(g),
 	}
 }
 
@@ -368,4 +369,59 @@ func logsCmd(g *globals) *cobra.Command {
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
 	cmd.Flags().IntVarP(&tail, "tail", "n", 100, "lines of history to print")
 	return cmd
+}
+
+func statsCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "stats VM...",
+		Short: "Show VMs' resource use",
+		Long:  "Print each VM's CPU time, memory, pids, block I/O, network counters and VMM counters (JSON with -o json). CPU and memory come from the VM's cgroup when it is jailed, else from its VMM process.",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := daemon(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, id := range args {
+				st, err := c.Stats(cmd.Context(), id)
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				g.print(cmd.OutOrStdout(), st, func(w io.Writer) {
+					fmt.Fprintf(w, "%s (%s, pid %d)\n", st.VM, st.Backend, st.Pid)
+					if st.CPU != nil {
+						fmt.Fprintf(w, "  cpu      %s\n", compactJSON(st.CPU))
+					}
+					if st.Memory != nil {
+						fmt.Fprintf(w, "  memory   %s\n", compactJSON(st.Memory))
+					}
+					if st.Pids != nil {
+						fmt.Fprintf(w, "  pids     %s\n", compactJSON(st.Pids))
+					}
+					if st.Block != nil {
+						fmt.Fprintf(w, "  block    %s\n", compactJSON(st.Block))
+					}
+					for _, n := range st.Net {
+						fmt.Fprintf(w, "  net      %s\n", compactJSON(n))
+					}
+					if st.Firecracker != nil {
+						fc := st.Firecracker
+						fmt.Fprintf(w, "  vmm      %d counters from %d metric flushes; vcpu exits %d, block reads %d B, net tx %d B\n",
+							len(fc.Counters), fc.Lines, fc.Counters["vcpu.exit_io_out"], fc.Counters["block.read_bytes"], fc.Counters["net.tx_bytes_count"])
+					}
+					for _, e := range st.Errors {
+						fmt.Fprintf(w, "  unavailable: %s\n", e)
+					}
+				})
+			}
+			return errors.Join(errs...)
+		},
+	}
+}
+
+func compactJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
 }
