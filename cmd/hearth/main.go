@@ -82,6 +82,7 @@ ps and inspect also work without a daemon, reading the state dir.`,
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	root.AddCommand(versionCmd(), psCmd(g), inspectCmd(g), demoCmd(g), serveCmd(g))
 	root.AddCommand(lifecycleCmds(g)...)
+	root.AddCommand(jailCmd())
 	return root
 }
 
