@@ -140,11 +140,17 @@ func (r *Runtime) Stop(ctx context.Context, id string) (View, error) {
 	sctx, cancel := context.WithTimeout(ctx, r.cfg.StopTimeout)
 	defer cancel()
 	var stopErr error
+	detail := "killed (never booted)"
 	if Status(e.rec.Status) == StatusCreated {
 		// A guest that never booted cannot be asked to shut down.
 		stopErr = e.machine.Kill()
 	} else {
-		stopErr = e.machine.Shutdown(sctx)
+		var rep vmm.ShutdownReport
+		rep, stopErr = e.machine.Shutdown(sctx)
+		detail = rep.Outcome
+		if rep.Detail != "" {
+			detail = rep.Detail
+		}
 	}
 	if stopErr != nil {
 		return View{}, newErr(KindShutdown, op, id, stopErr)
@@ -154,7 +160,7 @@ func (r *Runtime) Stop(ctx context.Context, id string) (View, error) {
 	if err := r.save(op, e); err != nil {
 		return View{}, err
 	}
-	r.emit(id, "stopped", to, "")
+	r.emit(id, "stopped", to, detail)
 	return viewOf(e.rec), nil
 }
 

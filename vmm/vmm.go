@@ -46,7 +46,7 @@ type Machine interface {
 	Pause(ctx context.Context) error
 	Resume(ctx context.Context) error
 	Snapshot(ctx context.Context, req SnapshotRequest) error
-	Shutdown(ctx context.Context) error
+	Shutdown(ctx context.Context) (ShutdownReport, error)
 	Kill() error
 	Done() <-chan struct{}
 	ExitStatus() ExitStatus
@@ -238,6 +238,17 @@ type ExitStatus struct {
 	Code     int  // exit code, or -1 when killed by a signal
 	Signal   string
 	Expected bool // the exit was requested (Shutdown, Kill)
+}
+
+// ShutdownReport says how a Shutdown ended.
+type ShutdownReport struct {
+	// Outcome is "graceful" (the guest powered off when asked),
+	// "terminated" (SIGTERM), "killed" (SIGKILL) or "already exited".
+	Outcome string        `json:"outcome"`
+	Took    time.Duration `json:"took"`
+	// Detail is a human-readable account (rungs, exit status, why the
+	// graceful request failed).
+	Detail string `json:"detail,omitempty"`
 }
 
 // RequestError is a request the VMM refused: it carries enough to tell

@@ -3,11 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
-	"encoding/json"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"

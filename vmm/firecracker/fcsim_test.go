@@ -348,8 +348,8 @@ func TestColdBootSequence(t *testing.T) {
 	if !json.Valid(m.LastMetrics()) {
 		t.Fatalf("last metrics line %q", m.LastMetrics())
 	}
-	if err := m.Shutdown(ctx); err != nil {
-		t.Fatal(err)
+	if rep, err := m.Shutdown(ctx); err != nil || rep.Outcome != "graceful" {
+		t.Fatalf("shutdown: %+v %v", rep, err)
 	}
 	st := m.ExitStatus()
 	if !st.Exited || !st.Expected || st.Code != 0 {
@@ -664,8 +664,13 @@ func TestShutdownEscalates(t *testing.T) {
 	e := newEnv(t, Options{ShutdownGrace: 200 * time.Millisecond, TermGrace: 500 * time.Millisecond})
 	m := e.launch(e.spec("esc-1"))
 	start := time.Now()
-	if err := m.Shutdown(ctxT(t)); err != nil {
+	rep, err := m.Shutdown(ctxT(t))
+	if err != nil {
 		t.Fatal(err)
+	}
+	// The simulator exits on SIGTERM, as Firecracker does.
+	if rep.Outcome != "terminated" || rep.Detail == "" {
+		t.Fatalf("report %+v", rep)
 	}
 	if d := time.Since(start); d > 3*time.Second {
 		t.Fatalf("shutdown took %v", d)
@@ -673,8 +678,8 @@ func TestShutdownEscalates(t *testing.T) {
 	if st := m.ExitStatus(); !st.Exited || !st.Expected {
 		t.Fatalf("exit status %+v", st)
 	}
-	if err := m.Shutdown(ctxT(t)); err != nil {
-		t.Fatalf("second shutdown: %v", err)
+	if rep, err := m.Shutdown(ctxT(t)); err != nil || rep.Outcome != "already exited" {
+		t.Fatalf("second shutdown: %+v %v", rep, err)
 	}
 	e.requireClean(e.dir, logFileName)
 }
@@ -888,8 +893,8 @@ func TestJailerLaunch(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	if err := a.Shutdown(ctx); err != nil {
-		t.Fatal(err)
+	if rep, err := a.Shutdown(ctx); err != nil || rep.Outcome != "graceful" {
+		t.Fatalf("shutdown: %+v %v", rep, err)
 	}
 	if d := time.Since(start); d > 2*time.Second {
 		t.Fatalf("graceful shutdown took %v", d)

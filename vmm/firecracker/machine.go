@@ -656,48 +656,33 @@ func (m *Machine) Kill() error {
 	return nil
 }
 
-// Shutdown implements vmm.Machine: Ctrl+Alt+Del (the guest reboots, which
-// makes Firecracker exit), a wait of up to ShutdownGrace or ctx's
-// deadline, whichever is sooner, then SIGTERM and after TermGrace
-// SIGKILL. It returns once the process is gone and its files are removed.
-func (m *Machine) Shutdown(ctx context.Context) error {
+// Shutdown implements vmm.Machine with proc's ladder: Ctrl+Alt+Del (the
+// guest reboots, which makes Firecracker exit), a wait of up to
+// ShutdownGrace or ctx's deadline, whichever is sooner, then SIGTERM and
+// after TermGrace SIGKILL. It returns once the process is gone and its
+// files are removed, with how it ended.
+func (m *Machine) Shutdown(ctx context.Context) (vmm.ShutdownReport, error) {
 	if err := m.checkReleased(); err != nil {
-		return err
+		return vmm.ShutdownReport{}, err
 	}
 	m.requestStop()
-	select {
-	case <-m.done:
-		m.cleanup()
-		return nil
-	default:
+	wait := m.b.opts.ShutdownGrace
+	if dl, ok := ctx.Deadline(); ok {
+		// Leave time for the signal rungs within the caller's deadline.
+		wait = max(min(wait, time.Until(dl)-m.b.opts.TermGrace), time.Millisecond)
 	}
-	if err := m.do(ctx, "PUT", "/actions", ActionBody(ActionSendCtrlAltDel), nil); err != nil {
-		// Not booted yet, or the API is wedged: go straight to signals.
-		m.log.Info("Ctrl+Alt+Del not delivered; stopping with signals", "err", err)
-	} else {
-		wait := m.b.opts.ShutdownGrace
-		if dl, ok := ctx.Deadline(); ok {
-			wait = min(wait, time.Until(dl))
-		}
-		t := time.NewTimer(max(wait, 0))
-		select {
-		case <-m.done:
-		case <-t.C:
-		case <-ctx.Done():
-		}
-		t.Stop()
+	res, err := proc.Shutdown(ctx, m.proc, func(ctx context.Context) error {
+		return m.do(ctx, "PUT", "/actions", ActionBody(ActionSendCtrlAltDel), nil)
+	}, proc.ShutdownOptions{GracefulWait: wait, TermWait: m.b.opts.TermGrace})
+	if err != nil {
+		return vmm.ShutdownReport{}, fmt.Errorf("shutdown %s: %w", m.vmid, err)
 	}
-	select {
-	case <-m.done:
-	default:
-		m.log.Info("guest did not power off; sending SIGTERM", "grace", m.b.opts.TermGrace)
-		if err := m.proc.Stop(m.b.opts.TermGrace); err != nil {
-			return fmt.Errorf("shutdown %s: %w", m.vmid, err)
-		}
-		<-m.done
+	if res.GracefulErr != nil {
+		m.log.Info("Ctrl+Alt+Del not delivered; stopped with signals", "err", res.GracefulErr)
 	}
+	<-m.done
 	m.cleanup()
-	return nil
+	return vmm.ShutdownReport{Outcome: string(res.Outcome), Took: res.Total, Detail: res.String()}, nil
 }
 
 // Release stops watching the VMM without touching it: the process keeps

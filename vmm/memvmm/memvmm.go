@@ -268,10 +268,16 @@ func (m *Machine) exitNow(st vmm.ExitStatus) {
 	close(m.done)
 }
 
-// Shutdown implements vmm.Machine.
-func (m *Machine) Shutdown(ctx context.Context) error {
+// Shutdown implements vmm.Machine: the guest always powers off at once.
+func (m *Machine) Shutdown(ctx context.Context) (vmm.ShutdownReport, error) {
+	m.mu.Lock()
+	gone := m.phase == exited
+	m.mu.Unlock()
+	if gone {
+		return vmm.ShutdownReport{Outcome: "already exited"}, nil
+	}
 	m.exitNow(vmm.ExitStatus{Code: 0, Expected: true})
-	return nil
+	return vmm.ShutdownReport{Outcome: "graceful"}, nil
 }
 
 // Kill implements vmm.Machine.
