@@ -48,7 +48,7 @@ func (v VMRef) validate() error {
 		return fieldErr("vm.owner", v.Owner, errors.New("want 1..200 bytes"))
 	}
 	for _, c := range v.Owner {
-		if c < ' ' || c == '"' || c == '\\' || c > '~' {
+		if c <= ' ' || c == '"' || c == '\\' || c > '~' {
 			return fieldErr("vm.owner", v.Owner, fmt.Errorf("contains %q", c))
 		}
 	}

@@ -187,7 +187,7 @@ func parsePorts(s string) (PortRange, error) {
 
 func parsePort(s string) (uint16, error) {
 	n, err := strconv.ParseUint(s, 10, 16)
-	if err != nil || s != strconv.FormatUint(n, 10) {
+	if err != nil || n == 0 || s != strconv.FormatUint(n, 10) {
 		return 0, fmt.Errorf("port %q: want 1..65535", s)
 	}
 	return uint16(n), nil
