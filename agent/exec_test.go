@@ -290,3 +290,20 @@ func TestExecConcurrent(t *testing.T) {
 		t.Errorf("%d dials, want one session for everything", d)
 	}
 }
+
+// TestExecAsUser runs a process as another user (the agent is root).
+func TestExecAsUser(t *testing.T) {
+	if syscall.Geteuid() != 0 {
+		t.Skip("exec as another user needs root")
+	}
+	e := newEnv(t)
+	uid, gid := uint32(65534), uint32(65534)
+	var out bytes.Buffer
+	st, err := e.client.Exec(ctxT(t, 10*time.Second), &agent.Cmd{Args: []string{"sh", "-c", "id -u; id -g; id -G"}, UID: &uid, GID: &gid, Stdout: &out})
+	if err != nil || !st.Success() {
+		t.Fatalf("%v %+v", err, st)
+	}
+	if out.String() != "65534\n65534\n65534\n" {
+		t.Fatalf("identity %q (supplementary groups must be dropped)", out.String())
+	}
+}

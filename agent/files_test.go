@@ -271,3 +271,21 @@ func TestFilesRoot(t *testing.T) {
 		t.Error("directory created outside the root")
 	}
 }
+
+func TestWriteFileOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown needs root")
+	}
+	e := newEnv(t)
+	dir := shortDir(t)
+	uid, gid := uint32(65534), uint32(65533)
+	p := filepath.Join(dir, "owned")
+	fi, err := e.client.WriteFile(ctxT(t, 10*time.Second), p, strings.NewReader("x"), &agent.WriteOptions{UID: &uid, GID: &gid, Perm: 0o755 | fs.ModeSetgid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// chown clears setgid; the agent puts the asked-for mode back.
+	if fi.UID != uid || fi.GID != gid || fi.Perm != 0o2755 {
+		t.Fatalf("owner %d:%d perm %o", fi.UID, fi.GID, fi.Perm)
+	}
+}

@@ -159,7 +159,7 @@ func (in *Init) Run() error {
 			return
 		}
 		child, started = p, time.Now()
-		log.Info("init: agent started", "pid", p.Pid)
+		log.Info("init: agent started", "child", p.Pid)
 	}
 	start()
 	tick := time.NewTicker(5 * time.Second)
@@ -186,7 +186,7 @@ func (in *Init) Run() error {
 			if child == nil || r.pid != child.Pid {
 				continue
 			}
-			log.Warn("init: agent exited, restarting", "pid", r.pid, "status", r.status.ExitStatus(), "signal", r.status.Signal(), "ran", time.Since(started))
+			log.Warn("init: agent exited, restarting", "child", r.pid, "status", r.status.ExitStatus(), "signal", r.status.Signal(), "ran", time.Since(started))
 			child.Release()
 			child = nil
 			if time.Since(started) > 10*time.Second {

@@ -115,7 +115,7 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	es.conn, es.br = conn, brw.Reader
-	s.log.Debug("agent: exec started", "id", es.proc.id, "pid", es.proc.pid, "args", req.Args)
+	s.log.Debug("agent: exec started", "id", es.proc.id, "process", es.proc.pid, "args", req.Args)
 	es.run(r.Context().Value(connKey{}))
 }
 
@@ -325,7 +325,7 @@ func (es *execSession) abort(why string) {
 		return
 	default:
 	}
-	es.s.log.Info("agent: exec client gone, killing the process", "id", es.proc.id, "pid", es.proc.pid, "why", why)
+	es.s.log.Info("agent: exec client gone, killing the process", "id", es.proc.id, "process", es.proc.pid, "why", why)
 	es.kill(syscall.SIGKILL)
 	if es.conn != nil {
 		// Unblock frame writes to a peer that no longer reads.

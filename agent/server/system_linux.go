@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"strconv"
@@ -150,4 +151,43 @@ func setWinsize(f *os.File, rows, cols uint16) error {
 		return err
 	}
 	return ierr
+}
+
+// SimulatedSystem stands in for the kernel when the agent runs as a host
+// process playing a guest (under the Firecracker simulator, or in
+// tests): it logs power, clock and entropy requests instead of acting on
+// the host.
+type SimulatedSystem struct {
+	Log *slog.Logger
+	// PowerFunc, if set, performs power actions (a supervised agent hands
+	// them to its init, which is safe inside a PID namespace).
+	PowerFunc func(action string) error
+}
+
+// Power implements System.
+func (s *SimulatedSystem) Power(action string) error {
+	if s.PowerFunc != nil {
+		return s.PowerFunc(action)
+	}
+	s.log().Info("agent: simulated power action", "action", action)
+	return nil
+}
+
+// SetClock implements System without touching the host's clock.
+func (s *SimulatedSystem) SetClock(t time.Time) error {
+	s.log().Info("agent: simulated clock set", "time", t)
+	return nil
+}
+
+// AddEntropy implements System; nothing is credited.
+func (s *SimulatedSystem) AddEntropy(b []byte) (bool, error) {
+	s.log().Debug("agent: simulated entropy", "bytes", len(b))
+	return false, nil
+}
+
+func (s *SimulatedSystem) log() *slog.Logger {
+	if s.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Log
 }

@@ -28,6 +28,9 @@
 //	--init-mount=false   as init, do not mount anything (tests in a PID namespace)
 //	--cmdline PATH       kernel command line to read (default /proc/cmdline)
 //	--log-level L        debug, info, warn, error (hearth.debug=1 means debug)
+//	--system S           linux: act on the kernel for power, clock and entropy; simulated: only
+//	                     log them (a host process playing a guest); auto (default): simulated
+//	                     when $HEARTH_FCSIM_GUEST_VSOCK_DIR is set
 //	--version
 //
 // Default listeners: with $HEARTH_FCSIM_GUEST_VSOCK_DIR set (the agent runs

@@ -44,6 +44,7 @@ type options struct {
 	initMount            bool
 	cmdline              string
 	logLevel             string
+	system               string
 	version              bool
 }
 
@@ -66,6 +67,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.initMount, "init-mount", true, "as init, mount proc, sys, dev, tmp, run")
 	fs.StringVar(&o.cmdline, "cmdline", "/proc/cmdline", "kernel command line file")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.system, "system", "auto", "linux (act on the kernel), simulated (log power, clock and entropy requests), auto (simulated under the Firecracker simulator)")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -77,6 +79,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	case "auto", "always", "never":
 	default:
 		return nil, fmt.Errorf("--init %q: want auto, always or never", o.initMode)
+	}
+	switch o.system {
+	case "auto", "linux", "simulated":
+	default:
+		return nil, fmt.Errorf("--system %q: want auto, linux or simulated", o.system)
 	}
 	for _, l := range append(append(listFlag{}, o.listens...), o.lineListens...) {
 		if _, err := server.ParseListen(l); err != nil {
@@ -179,15 +186,24 @@ func serve(o *options, cl *guestinit.Cmdline, supervised bool, log *slog.Logger)
 		Version:          version,
 		Logger:           log,
 	}
+	var power func(string) error
 	if supervised {
 		// Power actions go to init, which stops everything cleanly.
-		cfg.System = &server.LinuxSystem{PowerFunc: func(action string) error {
+		power = func(action string) error {
 			sig := syscall.SIGUSR2
 			if action == agent.Reboot {
 				sig = syscall.SIGTERM
 			}
 			return syscall.Kill(os.Getppid(), sig)
-		}}
+		}
+	}
+	simulated := o.system == "simulated" || (o.system == "auto" && os.Getenv(server.EnvFcsimGuestDir) != "")
+	if simulated {
+		// A host process playing a guest must not set the host's clock
+		// or power it off.
+		cfg.System = &server.SimulatedSystem{Log: log, PowerFunc: power}
+	} else {
+		cfg.System = &server.LinuxSystem{PowerFunc: power}
 	}
 	srv, err := server.New(cfg)
 	if err != nil {
@@ -261,7 +277,7 @@ func serve(o *options, cl *guestinit.Cmdline, supervised bool, log *slog.Logger)
 		srv.Close()
 		return 1
 	}
-	log.Info("hearth-agent ready", "version", version, "pid1", supervised, "listeners", started)
+	log.Info("hearth-agent ready", "version", version, "pid1", supervised, "listeners", started, "simulated_system", simulated)
 
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
