@@ -172,24 +172,6 @@ func listJumps(ipt *iptables.IPTables, chain string) ([]jumpLine, error) {
 	return out, nil
 }
 
-// deleteJumps removes jumps matching keep==false, highest number first
-// so earlier numbers stay valid.
-func deleteJumps(ipt *iptables.IPTables, chain string, drop func(jumpLine) bool) error {
-	js, err := listJumps(ipt, chain)
-	if err != nil {
-		return err
-	}
-	sort.Slice(js, func(i, j int) bool { return js[i].id > js[j].id })
-	for _, j := range js {
-		if drop(j) {
-			if err := ipt.DeleteById("filter", chain, j.id); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
 // Apply implements Firewall. The new policy goes into a fresh chain
 // (generation a/b), its jump is inserted ahead of the old one, and only
 // then is the old jump removed: every packet meets exactly one complete
@@ -226,18 +208,20 @@ func (f *iptFW) Apply(ctx context.Context, vm VMRef, p Policy) error {
 
 func (f *iptFW) applyFamily(fa iptFamily, vm VMRef, p Policy) error {
 	ipt := fa.ipt
+	lines, err := f.listFilter(fa)
+	if err != nil {
+		return err
+	}
 	var old []string // the current jump lines of this slot, as -S prints them
 	oldChain := ""
-	for _, base := range []string{iptFwd, iptIn} {
-		lines, err := ipt.List("filter", base)
-		if err != nil {
-			return err
+	n := strconv.FormatUint(vm.Slot, 10)
+	for _, l := range lines {
+		if !strings.HasPrefix(l, "-A "+iptFwd+" ") && !strings.HasPrefix(l, "-A "+iptIn+" ") {
+			continue
 		}
-		for _, l := range lines {
-			if m := jumpRE.FindStringSubmatch(l); m != nil && m[1] == strconv.FormatUint(vm.Slot, 10) {
-				old = append(old, l)
-				oldChain = m[3]
-			}
+		if m := jumpRE.FindStringSubmatch(l); m != nil && m[1] == n {
+			old = append(old, l)
+			oldChain = m[3]
 		}
 	}
 	gen := byte('a')
@@ -281,20 +265,38 @@ func restoreScript(vm VMRef, rules [][]string, next string, oldJumps []string, o
 	return b.String()
 }
 
-// restore feeds a script to the family's iptables-restore (same flavour
-// as its iptables: <path>-restore), keeping other chains (--noflush).
-func (f *iptFW) restore(fa iptFamily, script string) error {
-	path := f.cfg.IPTablesPath
-	def := "iptables"
+// listFilter returns the whole filter table as -S prints it: one process
+// instead of one per chain.
+func (f *iptFW) listFilter(fa iptFamily) ([]string, error) {
+	path, err := f.binPath(fa)
+	if err != nil {
+		return nil, err
+	}
+	out, err := exec.Command(path, "-w", "5", "-t", "filter", "-S").Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s -S: %w", filepath.Base(path), err)
+	}
+	return strings.Split(string(out), "\n"), nil
+}
+
+// binPath returns the family's iptables binary.
+func (f *iptFW) binPath(fa iptFamily) (string, error) {
+	path, def := f.cfg.IPTablesPath, "iptables"
 	if fa.fam == 6 {
 		path, def = f.cfg.IP6TablesPath, "ip6tables"
 	}
-	if path == "" {
-		lp, err := exec.LookPath(def)
-		if err != nil {
-			return err
-		}
-		path = lp
+	if path != "" {
+		return path, nil
+	}
+	return exec.LookPath(def)
+}
+
+// restore feeds a script to the family's iptables-restore (same flavour
+// as its iptables: <path>-restore), keeping other chains (--noflush).
+func (f *iptFW) restore(fa iptFamily, script string) error {
+	path, err := f.binPath(fa)
+	if err != nil {
+		return err
 	}
 	cmd := exec.Command(path+"-restore", "--noflush", "-w", "5")
 	cmd.Stdin = strings.NewReader(script)
@@ -315,26 +317,40 @@ func (f *iptFW) Remove(ctx context.Context, vm VMRef) error {
 func (f *iptFW) remove(slot uint64) error {
 	var errs []error
 	for _, fa := range f.fams {
-		for _, base := range []string{iptFwd, iptIn} {
-			if ok, _ := fa.ipt.ChainExists("filter", base); !ok {
-				continue
-			}
-			if err := deleteJumps(fa.ipt, base, func(j jumpLine) bool { return j.slot == slot }); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		for _, g := range []byte{'a', 'b'} {
-			name := iptChain(slot, g)
-			if ok, err := fa.ipt.ChainExists("filter", name); err != nil {
-				errs = append(errs, err)
-			} else if ok {
-				if err := fa.ipt.ClearAndDeleteChain("filter", name); err != nil {
-					errs = append(errs, err)
-				}
-			}
+		if err := f.removeFamily(fa, slot); err != nil {
+			errs = append(errs, fmt.Errorf("ipv%d: %w", fa.fam, err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// removeFamily deletes slot's jumps and chains in one restore commit,
+// after one listing of the filter table.
+func (f *iptFW) removeFamily(fa iptFamily, slot uint64) error {
+	lines, err := f.listFilter(fa)
+	if err != nil {
+		return err
+	}
+	var b strings.Builder
+	n := strconv.FormatUint(slot, 10)
+	var chains []string
+	for _, l := range lines {
+		if m := jumpRE.FindStringSubmatch(l); m != nil && m[1] == n && (strings.HasPrefix(l, "-A "+iptFwd+" ") || strings.HasPrefix(l, "-A "+iptIn+" ")) {
+			b.WriteString("-D" + strings.TrimPrefix(l, "-A") + "\n")
+		}
+		if c, ok := strings.CutPrefix(l, "-N "); ok {
+			if m := iptChainRE.FindStringSubmatch(c); m != nil && m[1] == n {
+				chains = append(chains, c)
+			}
+		}
+	}
+	for _, c := range chains {
+		b.WriteString("-F " + c + "\n-X " + c + "\n")
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	return f.restore(fa, "*filter\n"+b.String()+"COMMIT\n")
 }
 
 // Reconcile implements Firewall.

@@ -228,8 +228,8 @@ func TestJumpRegexp(t *testing.T) {
 	lines := map[string]string{
 		`-A HEARTH-FWD -i hthv3 -m comment --comment "hearth:3:vm-a" -j hth-3-a`:                      "3 vm-a hth-3-a",
 		`-A HEARTH-FWD -i hthv3 -m comment --comment hearth:3:vm-a -j hth-3-b`:                        "3 vm-a hth-3-b",
-		`-A HEARTH-IN -m physdev --physdev-in htht4 -m comment --comment "hearth:4:k" -j hth-4-a`:      "4 k hth-4-a",
-		`-A HEARTH-FWD -i hthv+ -m comment --comment "hearth:guard" -j DROP`:                           "",
+		`-A HEARTH-IN -m physdev --physdev-in htht4 -m comment --comment "hearth:4:k" -j hth-4-a`:     "4 k hth-4-a",
+		`-A HEARTH-FWD -i hthv+ -m comment --comment "hearth:guard" -j DROP`:                          "",
 		`-A HEARTH-FWD -i hthv3 -m comment --comment "hearth:3:vm-a" -j hth-3-a -m something --extra`: "",
 	}
 	for l, want := range lines {

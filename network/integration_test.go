@@ -116,6 +116,27 @@ func TestModesEndToEnd(t *testing.T) {
 				t.Fatalf("adopt: %v", err)
 			}
 
+			// A jailed VMM runs as its own uid: the TAP is handed to it.
+			if err := m.SetTAPOwner(ctx, a, 65534, 65534); err != nil {
+				t.Fatalf("set tap owner: %v", err)
+			}
+			var owner uint32
+			err = network.InNS(vmNS(t, w, a), func() error {
+				l, err := netlink.LinkByName(a.TAP)
+				if err != nil {
+					return err
+				}
+				tt, ok := l.(*netlink.Tuntap)
+				if !ok {
+					return fmt.Errorf("%s is a %T", a.TAP, l)
+				}
+				owner = tt.Owner
+				return nil
+			})
+			if err != nil || owner != 65534 {
+				t.Fatalf("tap owner %d, %v", owner, err)
+			}
+
 			g := guestFor(t, w, "guest-a", a)
 			// No firewall here: the guest reaches the internet, masqueraded
 			// behind the host's egress address, and replies come back.

@@ -780,12 +780,16 @@ func newTAP(name string, mtu int) *netlink.Tuntap {
 }
 
 func (m *Manager) buildBridge(s uint64) error {
-	name := BridgeTAPName(s)
+	return m.buildBridgeTAP(newTAP(BridgeTAPName(s), m.cfg.MTU))
+}
+
+func (m *Manager) buildBridgeTAP(tap *netlink.Tuntap) error {
+	name := tap.Name
 	br, err := m.nl.LinkByName(m.cfg.Bridge)
 	if err != nil {
 		return fmt.Errorf("look up bridge %s: %w", m.cfg.Bridge, err)
 	}
-	if err := InNS(m.host, func() error { return netlink.LinkAdd(newTAP(name, m.cfg.MTU)) }); err != nil {
+	if err := InNS(m.host, func() error { return netlink.LinkAdd(tap) }); err != nil {
 		return fmt.Errorf("create tap %s: %w", name, err)
 	}
 	l, err := m.nl.LinkByName(name)
