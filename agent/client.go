@@ -96,7 +96,11 @@ func New(d Dialer, token string, opts ...Option) *Client {
 func Dial(ctx context.Context, d Dialer, token string, opts ...Option) (*Client, error) {
 	c := New(d, token, opts...)
 	if _, err := c.session(ctx); err != nil {
-		return nil, err
+		var df *dialFailure
+		if errors.As(err, &df) {
+			err = df.err
+		}
+		return nil, fmt.Errorf("agent: %w", err)
 	}
 	return c, nil
 }
@@ -149,8 +153,14 @@ func (c *Client) Reconnect(ctx context.Context) error {
 		s.Close()
 	}
 	c.tr.CloseIdleConnections()
-	_, err := c.session(ctx)
-	return err
+	if _, err := c.session(ctx); err != nil {
+		var df *dialFailure
+		if errors.As(err, &df) {
+			err = df.err
+		}
+		return fmt.Errorf("agent: reconnect: %w", err)
+	}
+	return nil
 }
 
 // dialFailure marks an error from dialing the transport, which the
@@ -211,20 +221,20 @@ func (c *Client) connect(ctx context.Context) (*yamux.Session, error) {
 	start := time.Now()
 	conn, err := c.dialer.DialContext(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("agent: connect: %w", err)
+		return nil, fmt.Errorf("connect: %w", err)
 	}
 	hctx, cancel := context.WithTimeout(ctx, c.opts.helloTimeout)
 	defer cancel()
 	bc, err := ClientHandshake(hctx, conn)
 	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("agent: connect: %w", err)
+		return nil, fmt.Errorf("connect: %w", err)
 	}
 	cfg := yamuxConfig(c.opts.keepAlive, c.opts.window, c.opts.log)
 	s, err := yamux.Client(bc, cfg)
 	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("agent: start session: %w", err)
+		return nil, fmt.Errorf("start session: %w", err)
 	}
 	c.opts.log.Debug("agent: connected", "elapsed", time.Since(start))
 	go func() {
@@ -279,11 +289,11 @@ func (c *Client) dialStream(ctx context.Context, _, _ string) (net.Conn, error) 
 			return st, nil
 		}
 		if !errors.Is(err, yamux.ErrSessionShutdown) {
-			return nil, fmt.Errorf("agent: open stream: %w", err)
+			return nil, fmt.Errorf("open stream: %w", err)
 		}
 		// The session died between the check and the open: dial again.
 	}
-	return nil, fmt.Errorf("agent: open stream: %w", yamux.ErrSessionShutdown)
+	return nil, fmt.Errorf("open stream: %w", yamux.ErrSessionShutdown)
 }
 
 // call describes one request.

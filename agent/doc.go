@@ -90,9 +90,11 @@
 // pid) once, then FrameStdout / FrameStderr chunks in the order the
 // process wrote them per stream, then one FrameExit (JSON ExitStatus) and
 // the agent closes the stream. Host to agent: FrameStdin chunks and one
-// FrameStdinEOF, which closes the process's stdin. If the host's side of
-// the stream ends before FrameStdinEOF, or the session dies, the agent
-// kills the process group: a vanished client never leaves work running.
+// FrameStdinEOF, which closes the process's stdin (on a TTY it sends
+// ^D). The host keeps its side open until FrameExit: if it ends earlier,
+// or the session dies, the agent kills the process group, so a vanished
+// client never leaves work running. Output that a background process
+// keeps open is cut 2 s after the process itself exits.
 // Signals and TTY resizes travel as separate requests, so they are not
 // stuck behind stdin the process is not reading.
 //

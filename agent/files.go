@@ -20,11 +20,10 @@ type WriteOptions struct {
 	Parents bool
 	// UID and GID, when set, chown the file.
 	UID, GID *uint32
-	// Size, when not negative, is the exact length of r: the agent can
-	// refuse an oversized file before any byte is sent. Zero means empty
-	// only when SizeKnown is set; leave both zero when unknown.
-	Size      int64
-	SizeKnown bool
+	// Size, if positive, is the exact length of r: it is sent as the
+	// Content-Length, so the agent refuses an oversized file before any
+	// byte is sent. Zero means unknown (the body is chunked).
+	Size int64
 }
 
 // WriteFile streams r into the guest file path. The agent writes a
@@ -54,7 +53,7 @@ func (c *Client) WriteFile(ctx context.Context, path string, r io.Reader, opts *
 	}
 	h := sha256.New()
 	cl := &call{method: "PUT", path: "/v1/files", query: q, stream: io.TeeReader(r, h), length: -1, ctype: "application/octet-stream"}
-	if opts.SizeKnown || opts.Size > 0 {
+	if opts.Size > 0 {
 		cl.length = opts.Size
 	}
 	resp, err := c.roundTrip(ctx, cl)
@@ -106,7 +105,7 @@ func (c *Client) OpenFile(ctx context.Context, path string) (io.ReadCloser, *Fil
 	if v, err := strconv.ParseUint(resp.Header.Get(HeaderPerm), 8, 32); err == nil {
 		fi.Perm = uint32(v)
 	}
-	return &verifyingReader{resp: resp, h: sha256.New(), path: abs, size: fi.Size}, fi, nil
+	return &verifyingReader{resp: resp, h: sha256.New(), path: abs}, fi, nil
 }
 
 // ReadFile copies a guest file into w and returns its description.
@@ -128,18 +127,17 @@ func (c *Client) ReadFile(ctx context.Context, path string, w io.Writer) (*FileI
 	return fi, nil
 }
 
+// verifyingReader hashes what it reads and checks the agent's digest,
+// sent as a trailer, at the end.
 type verifyingReader struct {
 	resp *http.Response
 	h    hash.Hash
 	path string
-	size int64
-	n    int64
 }
 
 func (v *verifyingReader) Read(p []byte) (int, error) {
 	n, err := v.resp.Body.Read(p)
 	v.h.Write(p[:n])
-	v.n += int64(n)
 	if err == io.EOF {
 		want := v.resp.Trailer.Get(TrailerSHA)
 		if want == "" {
@@ -147,11 +145,6 @@ func (v *verifyingReader) Read(p []byte) (int, error) {
 		}
 		if got := hex.EncodeToString(v.h.Sum(nil)); got != want {
 			return n, fmt.Errorf("%w: %s: received %s, agent read %s", ErrChecksum, v.path, got, want)
-		}
-		if v.size >= 0 && v.n != v.size {
-			// The file changed size while it was read; the digest covers
-			// what was sent.
-			return n, io.EOF
 		}
 		return n, io.EOF
 	}

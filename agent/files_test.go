@@ -80,7 +80,7 @@ func TestFiles(t *testing.T) {
 		t.Fatalf("read %q %v", buf.String(), err)
 	}
 	// Empty file.
-	if fi, err := e.client.WriteFile(ctx, filepath.Join(dir, "empty"), strings.NewReader(""), &agent.WriteOptions{SizeKnown: true}); err != nil || fi.Size != 0 {
+	if fi, err := e.client.WriteFile(ctx, filepath.Join(dir, "empty"), strings.NewReader(""), nil); err != nil || fi.Size != 0 {
 		t.Fatalf("empty %+v %v", fi, err)
 	}
 	// Setuid bits survive.

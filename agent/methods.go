@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net/url"
 	"sort"
@@ -26,7 +27,10 @@ func (c *Client) WaitReady(ctx context.Context) error {
 		if err == nil {
 			return nil
 		}
-		if _, ok := err.(*Error); ok || ctx.Err() != nil {
+		var ae *Error
+		if errors.As(err, &ae) || ctx.Err() != nil {
+			// The agent answered: it is up, and retrying will not
+			// change its answer.
 			return err
 		}
 		select {

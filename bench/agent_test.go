@@ -3,14 +3,19 @@ package bench
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -65,6 +70,91 @@ func agentPercentile(d []time.Duration, p float64) time.Duration {
 
 func usec(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 
+var (
+	agentBinOnce       sync.Once
+	agentBinDir        string
+	agentBinErr        error
+	fcsimBin, agentBin string
+)
+
+// agentBinaries builds hearth-fcsim and hearth-agent (static) once.
+func agentBinaries(b *testing.B) {
+	b.Helper()
+	agentBinOnce.Do(func() {
+		agentBinDir, agentBinErr = os.MkdirTemp("", "bagbin")
+		if agentBinErr != nil {
+			return
+		}
+		fcsimBin, agentBin = filepath.Join(agentBinDir, "hearth-fcsim"), filepath.Join(agentBinDir, "hearth-agent")
+		for out, pkg := range map[string]string{fcsimBin: "../cmd/hearth-fcsim", agentBin: "../cmd/hearth-agent"} {
+			cmd := exec.Command("go", "build", "-o", out, pkg)
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if o, err := cmd.CombinedOutput(); err != nil {
+				agentBinErr = errors.New(string(o))
+				return
+			}
+		}
+	})
+	if agentBinErr != nil {
+		b.Fatalf("build binaries: %v", agentBinErr)
+	}
+}
+
+// agentViaFcsim runs hearth-agent as the guest process of a simulated
+// Firecracker and connects through its hybrid vsock, the production path
+// minus the virtio queues (the simulator splices unix sockets instead).
+func agentViaFcsim(b *testing.B) *agent.Client {
+	b.Helper()
+	agentBinaries(b)
+	dir, err := os.MkdirTemp("", "bfc")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	api, uds := filepath.Join(dir, "api.sock"), filepath.Join(dir, "v.sock")
+	guest := fmt.Sprintf(`[%q,"--token",%q,"--token-file",%q,"--env-file",%q,"--secrets-dir",%q,"--init","never","--cmdline","/nonexistent","--log-level","warn"]`,
+		agentBin, agentBenchToken, filepath.Join(dir, "token"), filepath.Join(dir, "env"), filepath.Join(dir, "secrets"))
+	sim := exec.Command(fcsimBin, "--api-sock", api, "--id", "bench-agent")
+	sim.Env = append(os.Environ(), "HEARTH_FCSIM_GUEST_CMD="+guest, "HEARTH_FCSIM_GUEST_VSOCK_DIR="+filepath.Join(dir, "g"))
+	sim.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := sim.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = sim.Process.Signal(syscall.SIGTERM); _ = sim.Wait() })
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&vsock.UnixDialer{Path: api}).DialContext(ctx)
+	}}}
+	for _, f := range []string{"vmlinux", "rootfs"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("fake"), 0o600); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, c := range [][2]string{
+		{"/vsock", fmt.Sprintf(`{"guest_cid":3,"uds_path":%q}`, uds)},
+		{"/machine-config", `{"vcpu_count":1,"mem_size_mib":16}`},
+		{"/boot-source", fmt.Sprintf(`{"kernel_image_path":%q}`, filepath.Join(dir, "vmlinux"))},
+		{"/drives/rootfs", fmt.Sprintf(`{"drive_id":"rootfs","path_on_host":%q,"is_root_device":true,"is_read_only":false}`, filepath.Join(dir, "rootfs"))},
+		{"/actions", `{"action_type":"InstanceStart"}`},
+	} {
+		req, _ := http.NewRequest("PUT", "http://fc"+c[0], strings.NewReader(c[1]))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := hc.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNoContent {
+			b.Fatalf("PUT %s: %s", c[0], resp.Status)
+		}
+	}
+	cl, err := agent.Dial(context.Background(), &vsock.HybridDialer{Path: uds, Port: agent.DefaultPort}, agentBenchToken)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cl.Close() })
+	return cl
+}
+
 // BenchmarkAgentExec measures the round trip of running `true` through
 // the agent (request, fork/exec in the agent, exit status back) against
 // fork/exec of `true` by the benchmark itself in the same run.
@@ -93,6 +183,20 @@ func BenchmarkAgentExec(b *testing.B) {
 		b.ReportMetric(usec(rp50), "raw-p50-us")
 		b.ReportMetric(usec(rp99), "raw-p99-us")
 		b.ReportMetric(usec(ap50-rp50), "overhead-p50-us")
+	})
+	b.Run("true-via-fcsim-vsock", func(b *testing.B) {
+		vc := agentViaFcsim(b)
+		var d []time.Duration
+		for b.Loop() {
+			start := time.Now()
+			st, err := vc.Exec(ctx, &agent.Cmd{Args: []string{"true"}})
+			if err != nil || !st.Success() {
+				b.Fatalf("%v %+v", err, st)
+			}
+			d = append(d, time.Since(start))
+		}
+		b.ReportMetric(usec(agentPercentile(d, .5)), "agent-p50-us")
+		b.ReportMetric(usec(agentPercentile(d, .99)), "agent-p99-us")
 	})
 	b.Run("parallel-16", func(b *testing.B) {
 		// Many execs share one session: throughput, not latency.

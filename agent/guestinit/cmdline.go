@@ -120,8 +120,8 @@ func ParseCmdline(s string) (*Cmdline, error) {
 }
 
 // ParseIP parses "<addr>/<prefix>[,<gw>[,<dns>...]]"; the gateway may be
-// empty ("10.0.0.2/24,,1.1.1.1"). Gateway and DNS must be of the
-// address's family... for the gateway; DNS servers may be of either.
+// empty ("10.0.0.2/24,,1.1.1.1"). The gateway must be of the address's
+// family; DNS servers (at most three) may be of either.
 func ParseIP(v string) (*IPConfig, error) {
 	parts := strings.Split(v, ",")
 	pfx, err := netip.ParsePrefix(strings.TrimSpace(parts[0]))

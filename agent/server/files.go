@@ -383,7 +383,13 @@ func (s *Server) handleMkdir(w http.ResponseWriter, r *http.Request) {
 		perm = 0o755
 	}
 	if req.Parents {
+		_, statErr := s.files.Lstat(rel)
 		err = s.files.MkdirAll(rel, goMode(perm))
+		if err == nil && statErr != nil {
+			// New: give it the exact mode, past the umask. An
+			// existing directory keeps its own.
+			err = s.files.Chmod(rel, goMode(perm))
+		}
 	} else {
 		err = s.files.Mkdir(rel, goMode(perm))
 		if err == nil {

@@ -83,6 +83,7 @@ ps and inspect also work without a daemon, reading the state dir.`,
 	root.AddCommand(versionCmd(), psCmd(g), inspectCmd(g), demoCmd(g), serveCmd(g))
 	root.AddCommand(lifecycleCmds(g)...)
 	root.AddCommand(jailCmd())
+	root.AddCommand(uffdCmd())
 	return root
 }
 
