@@ -68,35 +68,35 @@ func agentPercentile(d []time.Duration, p float64) time.Duration {
 	return s[min(len(s)-1, int(float64(len(s))*p))]
 }
 
-func usec(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+func agentUsec(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 
 var (
-	agentBinOnce       sync.Once
-	agentBinDir        string
-	agentBinErr        error
-	fcsimBin, agentBin string
+	agentBenchOnce                 sync.Once
+	agentBenchDir                  string
+	agentBenchErr                  error
+	agentBenchSim, agentBenchAgent string
 )
 
 // agentBinaries builds hearth-fcsim and hearth-agent (static) once.
 func agentBinaries(b *testing.B) {
 	b.Helper()
-	agentBinOnce.Do(func() {
-		agentBinDir, agentBinErr = os.MkdirTemp("", "bagbin")
-		if agentBinErr != nil {
+	agentBenchOnce.Do(func() {
+		agentBenchDir, agentBenchErr = os.MkdirTemp("", "bagbin")
+		if agentBenchErr != nil {
 			return
 		}
-		fcsimBin, agentBin = filepath.Join(agentBinDir, "hearth-fcsim"), filepath.Join(agentBinDir, "hearth-agent")
-		for out, pkg := range map[string]string{fcsimBin: "../cmd/hearth-fcsim", agentBin: "../cmd/hearth-agent"} {
+		agentBenchSim, agentBenchAgent = filepath.Join(agentBenchDir, "hearth-fcsim"), filepath.Join(agentBenchDir, "hearth-agent")
+		for out, pkg := range map[string]string{agentBenchSim: "../cmd/hearth-fcsim", agentBenchAgent: "../cmd/hearth-agent"} {
 			cmd := exec.Command("go", "build", "-o", out, pkg)
 			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 			if o, err := cmd.CombinedOutput(); err != nil {
-				agentBinErr = errors.New(string(o))
+				agentBenchErr = errors.New(string(o))
 				return
 			}
 		}
 	})
-	if agentBinErr != nil {
-		b.Fatalf("build binaries: %v", agentBinErr)
+	if agentBenchErr != nil {
+		b.Fatalf("build binaries: %v", agentBenchErr)
 	}
 }
 
@@ -113,8 +113,8 @@ func agentViaFcsim(b *testing.B) *agent.Client {
 	b.Cleanup(func() { os.RemoveAll(dir) })
 	api, uds := filepath.Join(dir, "api.sock"), filepath.Join(dir, "v.sock")
 	guest := fmt.Sprintf(`[%q,"--token",%q,"--token-file",%q,"--env-file",%q,"--secrets-dir",%q,"--init","never","--cmdline","/nonexistent","--log-level","warn"]`,
-		agentBin, agentBenchToken, filepath.Join(dir, "token"), filepath.Join(dir, "env"), filepath.Join(dir, "secrets"))
-	sim := exec.Command(fcsimBin, "--api-sock", api, "--id", "bench-agent")
+		agentBenchAgent, agentBenchToken, filepath.Join(dir, "token"), filepath.Join(dir, "env"), filepath.Join(dir, "secrets"))
+	sim := exec.Command(agentBenchSim, "--api-sock", api, "--id", "bench-agent")
 	sim.Env = append(os.Environ(), "HEARTH_FCSIM_GUEST_CMD="+guest, "HEARTH_FCSIM_GUEST_VSOCK_DIR="+filepath.Join(dir, "g"))
 	sim.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := sim.Start(); err != nil {
@@ -178,11 +178,11 @@ func BenchmarkAgentExec(b *testing.B) {
 		}
 		ap50, ap99 := agentPercentile(agentD, .5), agentPercentile(agentD, .99)
 		rp50, rp99 := agentPercentile(rawD, .5), agentPercentile(rawD, .99)
-		b.ReportMetric(usec(ap50), "agent-p50-us")
-		b.ReportMetric(usec(ap99), "agent-p99-us")
-		b.ReportMetric(usec(rp50), "raw-p50-us")
-		b.ReportMetric(usec(rp99), "raw-p99-us")
-		b.ReportMetric(usec(ap50-rp50), "overhead-p50-us")
+		b.ReportMetric(agentUsec(ap50), "agent-p50-us")
+		b.ReportMetric(agentUsec(ap99), "agent-p99-us")
+		b.ReportMetric(agentUsec(rp50), "raw-p50-us")
+		b.ReportMetric(agentUsec(rp99), "raw-p99-us")
+		b.ReportMetric(agentUsec(ap50-rp50), "overhead-p50-us")
 	})
 	b.Run("true-via-fcsim-vsock", func(b *testing.B) {
 		vc := agentViaFcsim(b)
@@ -195,8 +195,8 @@ func BenchmarkAgentExec(b *testing.B) {
 			}
 			d = append(d, time.Since(start))
 		}
-		b.ReportMetric(usec(agentPercentile(d, .5)), "agent-p50-us")
-		b.ReportMetric(usec(agentPercentile(d, .99)), "agent-p99-us")
+		b.ReportMetric(agentUsec(agentPercentile(d, .5)), "agent-p50-us")
+		b.ReportMetric(agentUsec(agentPercentile(d, .99)), "agent-p99-us")
 	})
 	b.Run("parallel-16", func(b *testing.B) {
 		// Many execs share one session: throughput, not latency.
