@@ -144,7 +144,10 @@ func newEnv(t *testing.T, opts Options) *env {
 
 func (e *env) spec(vmid string, extraEnv ...string) vmm.LaunchSpec {
 	return vmm.LaunchSpec{VMID: vmid, Dir: e.dir, ConsolePath: e.console,
-		Env: append([]string{"HEARTH_FCSIM_REQUEST_LOG=" + e.reqLog}, extraEnv...)}
+		// A generous page-fault budget: under the race detector on a busy
+		// 2-core machine the test's page-fault server is slow, and the
+		// load's own deadline (30 s) is the bound that matters.
+		Env: append([]string{"HEARTH_FCSIM_REQUEST_LOG=" + e.reqLog, "HEARTH_FCSIM_UFFD_TIMEOUT=25s"}, extraEnv...)}
 }
 
 // launch starts a VMM and registers its Kill as cleanup.
