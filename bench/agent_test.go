@@ -3,7 +3,6 @@ package bench
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -70,34 +69,18 @@ func agentPercentile(d []time.Duration, p float64) time.Duration {
 
 func agentUsec(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 
-var (
-	agentBenchOnce                 sync.Once
-	agentBenchDir                  string
-	agentBenchErr                  error
-	agentBenchSim, agentBenchAgent string
-)
-
-// agentBinaries builds hearth-fcsim and hearth-agent (static) once.
-func agentBinaries(b *testing.B) {
+// agentBinaries builds hearth-fcsim and hearth-agent (static) into dir.
+func agentBinaries(b *testing.B, dir string) (sim, agentBin string) {
 	b.Helper()
-	agentBenchOnce.Do(func() {
-		agentBenchDir, agentBenchErr = os.MkdirTemp("", "bagbin")
-		if agentBenchErr != nil {
-			return
+	sim, agentBin = filepath.Join(dir, "hearth-fcsim"), filepath.Join(dir, "hearth-agent")
+	for out, pkg := range map[string]string{sim: "../cmd/hearth-fcsim", agentBin: "../cmd/hearth-agent"} {
+		cmd := exec.Command("go", "build", "-o", out, pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if o, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("build %s: %v\n%s", pkg, err, o)
 		}
-		agentBenchSim, agentBenchAgent = filepath.Join(agentBenchDir, "hearth-fcsim"), filepath.Join(agentBenchDir, "hearth-agent")
-		for out, pkg := range map[string]string{agentBenchSim: "../cmd/hearth-fcsim", agentBenchAgent: "../cmd/hearth-agent"} {
-			cmd := exec.Command("go", "build", "-o", out, pkg)
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-			if o, err := cmd.CombinedOutput(); err != nil {
-				agentBenchErr = errors.New(string(o))
-				return
-			}
-		}
-	})
-	if agentBenchErr != nil {
-		b.Fatalf("build binaries: %v", agentBenchErr)
 	}
+	return sim, agentBin
 }
 
 // agentViaFcsim runs hearth-agent as the guest process of a simulated
@@ -105,16 +88,16 @@ func agentBinaries(b *testing.B) {
 // minus the virtio queues (the simulator splices unix sockets instead).
 func agentViaFcsim(b *testing.B) *agent.Client {
 	b.Helper()
-	agentBinaries(b)
 	dir, err := os.MkdirTemp("", "bfc")
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { os.RemoveAll(dir) })
+	simBin, agentBin := agentBinaries(b, dir)
 	api, uds := filepath.Join(dir, "api.sock"), filepath.Join(dir, "v.sock")
 	guest := fmt.Sprintf(`[%q,"--token",%q,"--token-file",%q,"--env-file",%q,"--secrets-dir",%q,"--init","never","--cmdline","/nonexistent","--log-level","warn"]`,
-		agentBenchAgent, agentBenchToken, filepath.Join(dir, "token"), filepath.Join(dir, "env"), filepath.Join(dir, "secrets"))
-	sim := exec.Command(agentBenchSim, "--api-sock", api, "--id", "bench-agent")
+		agentBin, agentBenchToken, filepath.Join(dir, "token"), filepath.Join(dir, "env"), filepath.Join(dir, "secrets"))
+	sim := exec.Command(simBin, "--api-sock", api, "--id", "bench-agent")
 	sim.Env = append(os.Environ(), "HEARTH_FCSIM_GUEST_CMD="+guest, "HEARTH_FCSIM_GUEST_VSOCK_DIR="+filepath.Join(dir, "g"))
 	sim.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := sim.Start(); err != nil {
