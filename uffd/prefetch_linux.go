@@ -55,7 +55,9 @@ func (pf *prefetcher) start(s *server) {
 	// Ask the kernel to read the working set into the page cache ahead of
 	// the copies (it matters when the cache is cold); madvise only queues
 	// I/O, so this goroutine never touches the mapping itself.
+	s.bg.Add(1)
 	go func(runs []run, mem []byte, done <-chan struct{}) {
+		defer s.bg.Done()
 		for _, r := range runs {
 			select {
 			case <-done:

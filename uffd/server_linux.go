@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -161,7 +162,8 @@ type server struct {
 	rec      *trace // recording, until recUntil
 	recUntil time.Time
 	pf       *prefetcher
-	doneCh   chan struct{}
+	doneCh   chan struct{}  // closed when Serve ends
+	bg       sync.WaitGroup // the goroutines that watch doneCh
 }
 
 // Serve runs one page-fault server until the VMM goes away, ctx is
@@ -185,7 +187,9 @@ func Serve(ctx context.Context, o Options) (err error) {
 	if err := s.setup(); err != nil {
 		return fmt.Errorf("%w: %w", ErrSetup, err)
 	}
+	s.bg.Add(1)
 	go func() {
+		defer s.bg.Done()
 		select {
 		case <-ctx.Done():
 			unix.Write(s.stopfd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
@@ -356,7 +360,11 @@ func checkUffd(fd int) error {
 // finish records the outcome, kills the VMM when the VM cannot go on, and
 // releases everything. It runs exactly once, at the end of Serve.
 func (s *server) finish(err error) {
+	// The helper goroutines use the stop eventfd and the mapping: they
+	// must be gone before those are released (a write to a closed fd
+	// number could hit whatever file reuses it).
 	close(s.doneCh)
+	s.bg.Wait()
 	switch {
 	case err == nil && s.st.State == StateDetached:
 	case err == nil:
