@@ -84,12 +84,13 @@ func (s *server) window(ss *session, r *region, p uint64, zero bool) (lo, hi uin
 	case seq:
 		start := 2 * w
 		if recording {
-			start = 2
+			// 1, 2, 4, …: a run of 2^k pages is recorded exactly.
+			start = 1
 		}
 		ss.seqWin = min(max(2*ss.seqWin, start), 4*w)
 		b0, b1 = p, p+ss.seqWin
 	case recording:
-		ss.seqWin = 1
+		ss.seqWin = 0
 		b0, b1 = p, p+1
 	default:
 		ss.seqWin = w
