@@ -26,7 +26,8 @@
 //	--line-allow-no-token  accept line-protocol writes without a token (the seed's behaviour)
 //	--init auto|always|never   act as init (auto: when PID 1)
 //	--init-mount=false   as init, do not mount anything (tests in a PID namespace)
-//	--cmdline PATH       kernel command line to read (default /proc/cmdline)
+//	--cmdline PATH       kernel command line to read (default /proc/cmdline; as the
+//	                     Firecracker simulator's guest, $HEARTH_FCSIM_BOOT_ARGS)
 //	--log-level L        debug, info, warn, error (hearth.debug=1 means debug)
 //	--system S           linux: act on the kernel for power, clock and entropy; simulated: only
 //	                     log them (a host process playing a guest); auto (default): simulated

@@ -43,6 +43,7 @@ type options struct {
 	initMode             string
 	initMount            bool
 	cmdline              string
+	cmdlineSet           bool
 	logLevel             string
 	system               string
 	version              bool
@@ -72,6 +73,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
+	fs.Visit(func(f *flag.Flag) { o.cmdlineSet = o.cmdlineSet || f.Name == "cmdline" })
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
@@ -108,8 +110,8 @@ func run(argv []string, stderr io.Writer) int {
 	}
 	cl := &guestinit.Cmdline{}
 	var clErr error
-	if b, err := os.ReadFile(o.cmdline); err == nil {
-		cl, clErr = guestinit.ParseCmdline(string(b))
+	if text, ok := kernelCmdline(o); ok {
+		cl, clErr = guestinit.ParseCmdline(text)
 	}
 	level := parseLevel(o.logLevel)
 	if cl.Debug {
@@ -126,6 +128,26 @@ func run(argv []string, stderr io.Writer) int {
 		return runInit(o, cl, argv, log)
 	}
 	return serve(o, cl, supervised, log)
+}
+
+// envFcsimBootArgs carries the kernel command line to a guest process
+// of the Firecracker simulator, which has no /proc/cmdline of its own.
+const envFcsimBootArgs = "HEARTH_FCSIM_BOOT_ARGS"
+
+// kernelCmdline returns the command line to read: --cmdline if given,
+// else the simulator's boot args when running as its guest, else
+// /proc/cmdline.
+func kernelCmdline(o *options) (string, bool) {
+	if !o.cmdlineSet {
+		if v, ok := os.LookupEnv(envFcsimBootArgs); ok && os.Getenv(server.EnvFcsimGuestDir) != "" {
+			return v, true
+		}
+	}
+	b, err := os.ReadFile(o.cmdline)
+	if err != nil {
+		return "", false
+	}
+	return string(b), true
 }
 
 func parseLevel(s string) slog.Level {

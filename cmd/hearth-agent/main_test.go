@@ -79,6 +79,36 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// TestKernelCmdline: --cmdline wins; as the simulator's guest the boot
+// args in the environment stand in for /proc/cmdline.
+func TestKernelCmdline(t *testing.T) {
+	file := filepath.Join(shortDir(t), "cmdline")
+	os.WriteFile(file, []byte("hearth.token=from-file-123\n"), 0o600)
+	t.Setenv(envFcsimBootArgs, "console=ttyS0 hearth.token=from-boot-args")
+	t.Setenv("HEARTH_FCSIM_GUEST_VSOCK_DIR", "")
+	tests := []struct {
+		args     []string
+		guestDir string
+		want     string
+		ok       bool
+	}{
+		{[]string{"--cmdline", file}, "/x", "hearth.token=from-file-123\n", true},
+		{nil, "/x", "console=ttyS0 hearth.token=from-boot-args", true},
+		{[]string{"--cmdline", file + ".none"}, "/x", "", false},
+	}
+	for _, tt := range tests {
+		t.Setenv("HEARTH_FCSIM_GUEST_VSOCK_DIR", tt.guestDir)
+		o, err := parseFlags(tt.args, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok := kernelCmdline(o)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("%q: %q %v", tt.args, got, ok)
+		}
+	}
+}
+
 func TestParseFlags(t *testing.T) {
 	tests := []struct {
 		args []string
@@ -375,7 +405,7 @@ func TestInitInPIDNamespace(t *testing.T) {
 func TestFcsimGuest(t *testing.T) {
 	dir := shortDir(t)
 	api, uds, guestDir := filepath.Join(dir, "api.sock"), filepath.Join(dir, "v.sock"), filepath.Join(dir, "g")
-	guestCmd := fmt.Sprintf(`[%q,"--token",%q,"--token-file",%q,"--env-file",%q,"--secrets-dir",%q,"--init","never","--cmdline","/nonexistent","--log-level","debug"]`,
+	guestCmd := fmt.Sprintf(`[%q,"--token",%q,"--token-file",%q,"--env-file",%q,"--secrets-dir",%q,"--init","never","--log-level","debug"]`,
 		agentBin, token, filepath.Join(dir, "token"), filepath.Join(dir, "env"), filepath.Join(dir, "secrets"))
 	var simErr syncBuffer
 	sim := exec.Command(simBin, "--api-sock", api, "--id", "agent-e2e")
@@ -421,7 +451,7 @@ func TestFcsimGuest(t *testing.T) {
 	}
 	call("PUT", "/vsock", fmt.Sprintf(`{"guest_cid":3,"uds_path":%q}`, uds))
 	call("PUT", "/machine-config", `{"vcpu_count":1,"mem_size_mib":16}`)
-	call("PUT", "/boot-source", fmt.Sprintf(`{"kernel_image_path":%q}`, filepath.Join(dir, "vmlinux")))
+	call("PUT", "/boot-source", fmt.Sprintf(`{"kernel_image_path":%q,"boot_args":"console=ttyS0 reboot=k hearth.token=%s"}`, filepath.Join(dir, "vmlinux"), token))
 	call("PUT", "/drives/rootfs", fmt.Sprintf(`{"drive_id":"rootfs","path_on_host":%q,"is_root_device":true,"is_read_only":false}`, filepath.Join(dir, "rootfs")))
 	call("PUT", "/actions", `{"action_type":"InstanceStart"}`)
 
