@@ -154,6 +154,9 @@ func (r *Runtime) commonSteps(p *createPlan) []step {
 				if p.restore != nil {
 					e.rec.RestoredFrom = p.restore.Name
 				}
+				if p.spec.AgentEnabled() && p.restore == nil {
+					e.rec.AgentToken = newToken()
+				}
 				// The store decides who wins a race for the id: the
 				// check and the insert are one transaction.
 				if err := r.st.CreateVM(e.rec); err != nil {
@@ -358,7 +361,7 @@ func (r *Runtime) machineConfig(e *vmEntry, spec Spec, files Image) vmm.Config {
 		TrackDirtyPages: spec.TrackDirtyPages,
 		Kernel:          files.Kernel,
 		Initrd:          files.Initrd,
-		BootArgs:        spec.BootArgs,
+		BootArgs:        bootArgs(spec, e.rec.AgentToken),
 		Drives:          []vmm.Drive{{ID: "rootfs", Path: rootfs, Root: true, ReadOnly: spec.RootfsReadOnly}},
 	}
 	for _, d := range spec.Drives {
@@ -368,6 +371,16 @@ func (r *Runtime) machineConfig(e *vmEntry, spec Spec, files Image) vmm.Config {
 		cfg.Vsock = &vmm.Vsock{CID: uint32(cid), UDSPath: filepath.Join(dir, cidFileNm)}
 	}
 	return cfg
+}
+
+// bootArgs is the kernel command line: the spec's, plus what hearth hands
+// the guest (the agent's token).
+func bootArgs(spec Spec, token string) string {
+	args := spec.BootArgs
+	if token != "" {
+		args += " " + agentBootArgs(token)
+	}
+	return args
 }
 
 func (r *RateLimit) toVMM() *vmm.RateLimiter {

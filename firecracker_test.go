@@ -158,6 +158,7 @@ func simProcesses(t *testing.T) []int {
 
 func TestFirecrackerLifecycle(t *testing.T) {
 	ctx := context.Background()
+	withGuestAgent(t) // restores hand each clone's agent a token of its own
 	f := newFC(t)
 	rt := f.rt
 	spec := f.spec

@@ -97,7 +97,8 @@ func (r *Runtime) Pause(ctx context.Context, id string) (View, error) {
 	return r.simpleOp(ctx, id, OpPause, "paused", func(m vmm.Machine) error { return m.Pause(ctx) })
 }
 
-// Resume continues a paused VM.
+// Resume continues a paused VM. A clone restored paused gets its own
+// agent token on its first resume.
 func (r *Runtime) Resume(ctx context.Context, id string) (View, error) {
 	return r.simpleOp(ctx, id, OpResume, "resumed", func(m vmm.Machine) error { return m.Resume(ctx) })
 }
@@ -116,6 +117,17 @@ func (r *Runtime) simpleOp(ctx context.Context, id string, op Op, event string, 
 		return View{}, vmmErr(string(op), id, KindUnsupported, err)
 	}
 	e.rec.Status = string(to)
+	if op == OpResume && e.rec.AgentTokenPending != "" {
+		if err := r.rotateAgent(ctx, string(op), e, e.rec.AgentTokenPending); err != nil {
+			// The VM runs, but with its source's token: say so loudly
+			// and keep trying on later resumes.
+			r.log.Error("restored VM still holds its snapshot's agent token", "vm", id, "err", err)
+			if serr := r.save(string(op), e); serr != nil {
+				return View{}, serr
+			}
+			return viewOf(e.rec), err
+		}
+	}
 	if err := r.save(string(op), e); err != nil {
 		return View{}, err
 	}
@@ -178,6 +190,7 @@ func (r *Runtime) Destroy(ctx context.Context, id string) error {
 	if _, err := transition(e, OpDestroy); err != nil {
 		return err
 	}
+	e.closeAgent()
 	if e.machine != nil {
 		if err := e.machine.Kill(); err != nil {
 			return newErr(KindShutdown, op, id, err)

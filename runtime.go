@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hearth-vm/hearth/agent"
 	"github.com/hearth-vm/hearth/jail"
 	"github.com/hearth-vm/hearth/metrics"
 	"github.com/hearth-vm/hearth/store"
@@ -132,6 +133,12 @@ type vmEntry struct {
 	// fcMetrics mirrors the machine's Firecracker counters for readers
 	// that must not take mu.
 	fcMetrics atomic.Pointer[metrics.FirecrackerAccumulator]
+
+	// agent is the shared guest-agent client (guarded by agentMu, not mu,
+	// so that exec does not wait for lifecycle operations).
+	agentMu    sync.Mutex
+	agent      *agent.Client
+	agentToken string
 }
 
 // publish makes the record (and the machine's counters) visible to

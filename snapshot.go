@@ -52,7 +52,7 @@ func (r *Runtime) Snapshot(ctx context.Context, id, name string) (SnapshotView, 
 		return &Error{Kind: kind, Op: op, VM: id, Snapshot: name, Err: err}
 	}
 	rec := store.Snapshot{Name: name, SourceVM: id, Backend: e.rec.Backend, Spec: e.rec.Spec,
-		Dir: filepath.Join(r.snapshotsDir(), name), CreatedAt: time.Now().UTC()}
+		Dir: filepath.Join(r.snapshotsDir(), name), CreatedAt: time.Now().UTC(), AgentToken: e.rec.AgentToken}
 	if err := r.st.CreateSnapshot(rec); err != nil {
 		if errors.Is(err, store.ErrExists) {
 			return SnapshotView{}, snapErr(KindSnapshotAlreadyExists, nil)
@@ -305,6 +305,22 @@ func (r *Runtime) restoreSteps(p *createPlan) []step {
 					return vmmErr(p.op, p.id, KindUnsupported, err)
 				}
 				return nil
+			},
+		},
+		step{
+			name: "agent",
+			do: func(ctx context.Context) error {
+				if !p.spec.AgentEnabled() || p.restore.AgentToken == "" {
+					return nil
+				}
+				if p.rspec.Paused {
+					// The agent cannot answer while paused: the token is
+					// replaced on the clone's first resume.
+					p.entry.rec.AgentToken = p.restore.AgentToken
+					p.entry.rec.AgentTokenPending = p.restore.AgentToken
+					return nil
+				}
+				return r.rotateAgent(ctx, p.op, p.entry, p.restore.AgentToken)
 			},
 		},
 		r.recordStep(p, func() Status {

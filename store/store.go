@@ -54,8 +54,14 @@ type VM struct {
 	Resources    []Resource `json:"resources,omitempty"`
 	RestoredFrom string     `json:"restored_from,omitempty"`
 	Exit         string     `json:"exit,omitempty"`
-	CreatedAt    time.Time  `json:"created_at"`
-	UpdatedAt    time.Time  `json:"updated_at"`
+	// AgentToken authenticates the host to the VM's guest agent.
+	AgentToken string `json:"agent_token,omitempty"`
+	// AgentTokenPending is the token a restored, still paused clone's
+	// agent still holds (its snapshot source's); the runtime replaces it
+	// when the clone first runs.
+	AgentTokenPending string    `json:"agent_token_pending,omitempty"`
+	CreatedAt         time.Time `json:"created_at"`
+	UpdatedAt         time.Time `json:"updated_at"`
 }
 
 // Resource is one host resource held by a VM.
@@ -68,13 +74,16 @@ type Resource struct {
 
 // Snapshot is the persistent record of one snapshot.
 type Snapshot struct {
-	Name      string          `json:"name"`
-	SourceVM  string          `json:"source_vm"`
-	Backend   string          `json:"backend"`
-	Spec      json.RawMessage `json:"spec"`
-	Dir       string          `json:"dir"`
-	Complete  bool            `json:"complete"`
-	CreatedAt time.Time       `json:"created_at"`
+	Name     string          `json:"name"`
+	SourceVM string          `json:"source_vm"`
+	Backend  string          `json:"backend"`
+	Spec     json.RawMessage `json:"spec"`
+	Dir      string          `json:"dir"`
+	Complete bool            `json:"complete"`
+	// AgentToken is the token the guest agent held when the snapshot was
+	// taken; restores need it to hand each clone a token of its own.
+	AgentToken string    `json:"agent_token,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
 }
 
 // Store is an open state store. Its methods are safe for concurrent use;

@@ -78,7 +78,8 @@
 //
 // Guest process. $HEARTH_FCSIM_GUEST_CMD (a JSON array or a space-separated
 // command line) is started when the guest first runs, with
-// HEARTH_FCSIM_GUEST_VSOCK_DIR and HEARTH_FCSIM_VM_ID in its environment and
+// HEARTH_FCSIM_GUEST_VSOCK_DIR, HEARTH_FCSIM_VM_ID and
+// HEARTH_FCSIM_BOOT_ARGS (the kernel command line) in its environment and
 // its output on the console; it is SIGSTOPped while the VM is paused,
 // SIGCONTed on resume, and killed when the simulator exits (also via
 // PR_SET_PDEATHSIG if the simulator dies).

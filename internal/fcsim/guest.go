@@ -56,7 +56,13 @@ func (s *Sim) startGuestProcess() error {
 		dir = d
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), EnvGuestVsockDir+"="+dir, "HEARTH_FCSIM_VM_ID="+s.opts.ID)
+	// The guest's kernel command line, as a real guest finds it in
+	// /proc/cmdline (the agent reads its token there).
+	bootArgs := ""
+	if s.boot != nil && s.boot.BootArgs != nil {
+		bootArgs = *s.boot.BootArgs
+	}
+	cmd.Env = append(os.Environ(), EnvGuestVsockDir+"="+dir, "HEARTH_FCSIM_VM_ID="+s.opts.ID, "HEARTH_FCSIM_BOOT_ARGS="+bootArgs)
 	cmd.Stdout = s.console.w
 	cmd.Stderr = s.console.w
 	// The guest dies with the VMM even when the simulator is killed.

@@ -1,0 +1,110 @@
+package hearth
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/hearth-vm/hearth/agent"
+	"github.com/hearth-vm/hearth/vsock"
+)
+
+// AgentReadyTimeout bounds how long a restore waits for the clone's
+// agent to take its new token.
+const AgentReadyTimeout = 20 * time.Second
+
+func newToken() string {
+	var b [24]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// agentBootArgs are the kernel arguments that hand the guest agent its
+// token at boot.
+func agentBootArgs(token string) string { return "hearth.token=" + token }
+
+// agentDialer reaches the agent of the VM with directory key through its
+// hybrid-vsock socket (Firecracker; the in-memory backend has none).
+func (r *Runtime) agentDialer(key string) agent.Dialer {
+	return &vsock.HybridDialer{Path: filepath.Join(r.vmDir(key), cidFileNm), Port: agent.DefaultPort, Logger: r.log}
+}
+
+// Agent returns a client for the VM's guest agent. The client is shared
+// by all callers, reconnects by itself (a snapshot or a restart resets the
+// channel) and must not be closed by them.
+func (r *Runtime) Agent(ctx context.Context, id string) (*agent.Client, error) {
+	const op = "agent"
+	r.mu.Lock()
+	e := r.vms[id]
+	r.mu.Unlock()
+	if e == nil {
+		return nil, newErr(KindVMNotFound, op, id, nil)
+	}
+	rec := e.view.Load()
+	if rec == nil || rec.ID != id {
+		return nil, newErr(KindVMNotFound, op, id, nil)
+	}
+	if rec.AgentToken == "" {
+		return nil, newErr(KindGuestMetadata, op, id, errors.New("the VM has no agent (create it with agent enabled)"))
+	}
+	if Status(rec.Status) != StatusRunning {
+		return nil, &Error{Kind: KindInvalidTransition, Op: op, VM: id, From: rec.Status, To: "agent"}
+	}
+	e.agentMu.Lock()
+	defer e.agentMu.Unlock()
+	if e.agent == nil || e.agentToken != rec.AgentToken {
+		if e.agent != nil {
+			e.agent.Close()
+		}
+		e.agent = agent.New(r.agentDialer(rec.Key), rec.AgentToken, agent.WithLogger(r.log))
+		e.agentToken = rec.AgentToken
+	}
+	return e.agent, nil
+}
+
+// Exec runs a command in the VM through its agent and returns its exit
+// status; output streams to cmd's writers.
+func (r *Runtime) Exec(ctx context.Context, id string, cmd *agent.Cmd) (*agent.ExitStatus, error) {
+	c, err := r.Agent(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.Exec(ctx, cmd)
+	if err != nil {
+		return nil, newErr(KindGuestMetadata, "exec", id, err)
+	}
+	return st, nil
+}
+
+// rotateAgent gives a restored clone its own token (the snapshot carries
+// the source's), sets its clock and reseeds its entropy, so clones of one
+// snapshot share neither credentials nor random state.
+func (r *Runtime) rotateAgent(ctx context.Context, op string, e *vmEntry, oldToken string) error {
+	ctx, cancel := context.WithTimeout(ctx, AgentReadyTimeout)
+	defer cancel()
+	c := agent.New(r.agentDialer(e.rec.Key), oldToken, agent.WithLogger(r.log))
+	defer c.Close()
+	fresh := newToken()
+	if err := c.AfterRestore(ctx, fresh); err != nil {
+		return newErr(KindGuestMetadata, op, e.rec.ID, fmt.Errorf("give the restored agent its own token: %w", err))
+	}
+	e.rec.AgentToken = fresh
+	e.rec.AgentTokenPending = ""
+	return nil
+}
+
+// closeAgent drops the cached agent client of e.
+func (e *vmEntry) closeAgent() {
+	e.agentMu.Lock()
+	defer e.agentMu.Unlock()
+	if e.agent != nil {
+		e.agent.Close()
+		e.agent = nil
+	}
+}
