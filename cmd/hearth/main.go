@@ -80,7 +80,7 @@ ps and inspect also work without a daemon, reading the state dir.`,
 	root.PersistentFlags().StringVar(&g.socket, "socket", socketDefault(), "daemon socket ($HEARTH_SOCKET)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
-	root.AddCommand(versionCmd(), psCmd(g), inspectCmd(g), demoCmd(g), serveCmd(g))
+	root.AddCommand(versionCmd(), psCmd(g), inspectCmd(g), demoCmd(g), serveCmd(g), imageCmd(g))
 	root.AddCommand(lifecycleCmds(g)...)
 	root.AddCommand(jailCmd())
 	root.AddCommand(uffdCmd())
