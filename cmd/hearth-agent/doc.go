@@ -39,7 +39,9 @@
 // line protocol, fcsim:5555; otherwise vsock:1024 and the virtio-serial
 // port hearth.agent when it exists, and vsock:5555 for the line protocol.
 // A listener that cannot be opened is logged and skipped; the agent exits
-// only if none could be.
+// only if none could be. As the simulator's guest the token file, env file
+// and secrets directory default to <that dir>/hearth-state/, so simulated
+// VMs on one host do not share them (nor touch the host's /run).
 //
 // SIGTERM or SIGINT stop a service-mode agent (running exec processes are
 // killed).

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -73,7 +74,24 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
-	fs.Visit(func(f *flag.Flag) { o.cmdlineSet = o.cmdlineSet || f.Name == "cmdline" })
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	o.cmdlineSet = set["cmdline"]
+	if dir := os.Getenv(server.EnvFcsimGuestDir); dir != "" {
+		// A host process playing a simulated guest keeps its state with
+		// that guest, not in the host's /run, where every simulated VM
+		// would share one token file, env and secrets.
+		state := filepath.Join(dir, "hearth-state")
+		if !set["token-file"] {
+			o.tokenFile = filepath.Join(state, "token")
+		}
+		if !set["env-file"] {
+			o.envFile = filepath.Join(state, "env")
+		}
+		if !set["secrets-dir"] {
+			o.secretsDir = filepath.Join(state, "secrets")
+		}
+	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}

@@ -109,6 +109,22 @@ func TestKernelCmdline(t *testing.T) {
 	}
 }
 
+func TestFcsimStateDefaults(t *testing.T) {
+	t.Setenv("HEARTH_FCSIM_GUEST_VSOCK_DIR", "/sim/g")
+	o, err := parseFlags([]string{"--env-file", "/x/env"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.tokenFile != "/sim/g/hearth-state/token" || o.secretsDir != "/sim/g/hearth-state/secrets" || o.envFile != "/x/env" {
+		t.Errorf("%+v", o)
+	}
+	t.Setenv("HEARTH_FCSIM_GUEST_VSOCK_DIR", "")
+	o, _ = parseFlags(nil, io.Discard)
+	if o.tokenFile != "/run/hearth/token" || o.secretsDir != "/run/hearth/secrets" {
+		t.Errorf("guest defaults %+v", o)
+	}
+}
+
 func TestParseFlags(t *testing.T) {
 	tests := []struct {
 		args []string
@@ -405,8 +421,8 @@ func TestInitInPIDNamespace(t *testing.T) {
 func TestFcsimGuest(t *testing.T) {
 	dir := shortDir(t)
 	api, uds, guestDir := filepath.Join(dir, "api.sock"), filepath.Join(dir, "v.sock"), filepath.Join(dir, "g")
-	guestCmd := fmt.Sprintf(`[%q,"--token",%q,"--token-file",%q,"--env-file",%q,"--secrets-dir",%q,"--init","never","--log-level","debug"]`,
-		agentBin, token, filepath.Join(dir, "token"), filepath.Join(dir, "env"), filepath.Join(dir, "secrets"))
+	// State defaults to <guest dir>/hearth-state (see TestFcsimStateDefaults).
+	guestCmd := fmt.Sprintf(`[%q,"--token",%q,"--init","never","--log-level","debug"]`, agentBin, token)
 	var simErr syncBuffer
 	sim := exec.Command(simBin, "--api-sock", api, "--id", "agent-e2e")
 	sim.Env = append(os.Environ(), "HEARTH_FCSIM_GUEST_CMD="+guestCmd, "HEARTH_FCSIM_GUEST_VSOCK_DIR="+guestDir)
@@ -507,6 +523,9 @@ func TestFcsimGuest(t *testing.T) {
 	out, _, st, err = c.Output(ctx, "sh", "-c", "echo $FROM $LINE")
 	if err != nil || string(out) != "host yes\n" || !st.Success() {
 		t.Fatalf("exec after snapshot %q %+v %v", out, st, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(guestDir, "hearth-state", "token")); err != nil || string(b) != "after-restore-token-1\n" {
+		t.Errorf("rotated token in the guest's state dir: %q %v", b, err)
 	}
 	mu.Lock()
 	defer mu.Unlock()
