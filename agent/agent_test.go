@@ -388,3 +388,30 @@ func TestDialFailure(t *testing.T) {
 		t.Errorf("cancel took %s", time.Since(start))
 	}
 }
+
+// TestConcurrentDialFailure: callers waiting on one failing dial share its
+// failure instead of each dialing in turn.
+func TestConcurrentDialFailure(t *testing.T) {
+	var mu sync.Mutex
+	n := 0
+	c := agent.New(countingDialer(filepath.Join(shortDir(t), "none.sock"), &mu, &n), testToken)
+	defer c.Close()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.Ping(context.Background()); err == nil {
+				t.Error("ping to nothing succeeded")
+			}
+		}()
+	}
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	// Each dial retries for 500ms; eight in turn would take 4s.
+	if el := time.Since(start); el > 2500*time.Millisecond || n > 4 {
+		t.Errorf("%d dials in %s", n, el)
+	}
+}

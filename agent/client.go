@@ -61,8 +61,19 @@ type Client struct {
 	mu      sync.Mutex
 	token   string
 	sess    *yamux.Session
-	dialing chan struct{} // closed when the dial in flight ends
+	dialing *dialAttempt // the dial in flight, if any
 	closed  bool
+}
+
+// dialAttempt is one dial that concurrent callers share: they wait for it
+// and take its result instead of queueing dials of their own behind a
+// guest that does not answer.
+type dialAttempt struct {
+	done chan struct{}
+	err  error
+	// abandoned: the dial ended because its caller's context did,
+	// which says nothing about the guest.
+	abandoned bool
 }
 
 // New returns a client that connects on its first call.
@@ -184,24 +195,26 @@ func (c *Client) session(ctx context.Context) (*yamux.Session, error) {
 			c.mu.Unlock()
 			return s, nil
 		}
-		if ch := c.dialing; ch != nil {
+		if a := c.dialing; a != nil {
 			c.mu.Unlock()
 			select {
-			case <-ch:
-				continue
+			case <-a.done:
+				if a.err != nil && !a.abandoned {
+					return nil, &dialFailure{err: a.err}
+				}
+				continue // connected, or dial again for ourselves
 			case <-ctx.Done():
 				return nil, ctx.Err()
 			}
 		}
-		ch := make(chan struct{})
-		c.dialing = ch
+		a := &dialAttempt{done: make(chan struct{})}
+		c.dialing = a
 		c.mu.Unlock()
 
 		s, err := c.connect(ctx)
 
 		c.mu.Lock()
 		c.dialing = nil
-		close(ch)
 		if err == nil && c.closed {
 			s.Close()
 			err = ErrClosed
@@ -209,6 +222,8 @@ func (c *Client) session(ctx context.Context) (*yamux.Session, error) {
 		if err == nil {
 			c.sess = s
 		}
+		a.err, a.abandoned = err, err != nil && ctx.Err() != nil
+		close(a.done)
 		c.mu.Unlock()
 		if err != nil {
 			return nil, &dialFailure{err: err}
