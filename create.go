@@ -295,6 +295,7 @@ func (r *Runtime) recordStep(p *createPlan, final func() Status) step {
 				return err
 			}
 			r.watchMachine(e, e.machine)
+			r.watchUffd(e)
 			return nil
 		},
 	}

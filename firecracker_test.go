@@ -505,3 +505,136 @@ func TestFirecrackerJailed(t *testing.T) {
 		t.Fatalf("VMMs left: %v", pids)
 	}
 }
+
+var (
+	hearthOnce sync.Once
+	hearthBin  string
+	hearthErr  error
+)
+
+// hearthBinary builds the hearth binary, whose hidden `_uffd` command
+// runs page-fault servers.
+func hearthBinary(t *testing.T) string {
+	t.Helper()
+	hearthOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "hearth-bin")
+		if err != nil {
+			hearthErr = err
+			return
+		}
+		hearthBin = filepath.Join(dir, "hearth")
+		if out, err := exec.Command("go", "build", "-o", hearthBin, "./cmd/hearth").CombinedOutput(); err != nil {
+			hearthErr = errors.New(string(out))
+		}
+	})
+	if hearthErr != nil {
+		t.Fatalf("build hearth: %v", hearthErr)
+	}
+	return hearthBin
+}
+
+// TestFirecrackerLazyRestore restores through the page-fault server: the
+// first restore records the working set, the second prefetches it, and
+// a server that dies takes its VM down rather than leaving it hanging.
+func TestFirecrackerLazyRestore(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("userfaultfd restores need root (vm.unprivileged_userfaultfd=0)")
+	}
+	ctx := context.Background()
+	f := newFC(t)
+	f.rt.Close()
+	b, err := firecracker.New(firecracker.Options{Binary: fcsimBinary(t), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.rt, err = hearth.Open(ctx, hearth.Config{StateDir: f.state, Backends: []vmm.Backend{b}, HelperBinary: hearthBinary(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.rt.Create(ctx, "src", f.spec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.rt.Start(ctx, "src"); err != nil {
+		t.Fatal(err)
+	}
+	sv, err := f.rt.Snapshot(ctx, "src", "lazy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.rt.Restore(ctx, hearth.RestoreSpec{Snapshot: "lazy", VM: "l1", MemoryBackend: "uffd"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := calls(f.requests(t)); !contains(got, "PUT /snapshot/load") {
+		t.Fatalf("restore calls: %v", got)
+	}
+	// The first restore leaves a working-set trace next to the snapshot.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(sv.Dir, "trace")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no working-set trace recorded")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := f.rt.Restore(ctx, hearth.RestoreSpec{Snapshot: "lazy", VM: "l2", MemoryBackend: "uffd", Prefetch: true}); err != nil {
+		t.Fatal(err)
+	}
+	servers := uffdServers(t)
+	if len(servers) != 2 {
+		t.Fatalf("want 2 page-fault servers, have %v", servers)
+	}
+	// Kill one server: its VM must not hang, it ends crashed.
+	syscall.Kill(servers[0], syscall.SIGKILL)
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		v1, _ := f.rt.Get(ctx, "l1")
+		v2, _ := f.rt.Get(ctx, "l2")
+		if v1.Status == hearth.StatusCrashed || v2.Status == hearth.StatusCrashed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("VM of a dead page-fault server still %s/%s", v1.Status, v2.Status)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, id := range []string{"src", "l1", "l2"} {
+		if err := f.rt.Destroy(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if left := uffdServers(t); len(left) != 0 {
+		t.Fatalf("page-fault servers left: %v", left)
+	}
+}
+
+func contains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// uffdServers lists running `hearth _uffd` processes of this test.
+func uffdServers(t *testing.T) []int {
+	t.Helper()
+	bin := hearthBinary(t)
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
+		if err != nil || exe != bin {
+			continue
+		}
+		var pid int
+		if _, err := fmtSscan(e.Name(), &pid); err == nil {
+			if st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); err == nil && !strings.Contains(string(st), ") Z ") {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}

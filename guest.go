@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hearth-vm/hearth/agent"
+	"github.com/hearth-vm/hearth/vmm"
 	"github.com/hearth-vm/hearth/vsock"
 )
 
@@ -97,6 +98,12 @@ func (r *Runtime) rotateAgent(ctx context.Context, op string, e *vmEntry, oldTok
 	e.rec.AgentToken = fresh
 	e.rec.AgentTokenPending = ""
 	return nil
+}
+
+// guestless reports whether m runs no guest (the in-memory backend).
+func guestless(m vmm.Machine) bool {
+	g, ok := m.(vmm.Guestless)
+	return ok && g.Guestless()
 }
 
 // closeAgent drops the cached agent client of e.

@@ -117,7 +117,7 @@ func (r *Runtime) simpleOp(ctx context.Context, id string, op Op, event string, 
 		return View{}, vmmErr(string(op), id, KindUnsupported, err)
 	}
 	e.rec.Status = string(to)
-	if op == OpResume && e.rec.AgentTokenPending != "" {
+	if op == OpResume && e.rec.AgentTokenPending != "" && !guestless(e.machine) {
 		if err := r.rotateAgent(ctx, string(op), e, e.rec.AgentTokenPending); err != nil {
 			// The VM runs, but with its source's token: say so loudly
 			// and keep trying on later resumes.

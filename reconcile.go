@@ -42,6 +42,7 @@ func (r *Runtime) reconcile(ctx context.Context) error {
 		r.vms[rec.ID] = e
 		if e.machine != nil {
 			r.watchMachine(e, e.machine)
+			r.watchUffd(e)
 		}
 	}
 	return r.reclaim(owned)

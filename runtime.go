@@ -51,6 +51,10 @@ type Config struct {
 	// configure, load, record) with the VM's backend, e.g. for latency
 	// histograms (metrics.Registry.ObserveStep).
 	ObserveStep func(backend, step string, d time.Duration)
+	// HelperBinary is the hearth binary whose hidden `_uffd` and `_jail`
+	// commands run page-fault servers and jails (default: this program
+	// when it is hearth, else "hearth" in PATH).
+	HelperBinary string
 	// JailDir holds the VMs' jails (default <state-dir>/jail). It must
 	// belong to hearth alone: reconcile removes what no VM owns.
 	JailDir string
@@ -425,6 +429,10 @@ func (r *Runtime) release(res store.Resource) error {
 	case resDir:
 		if err := os.RemoveAll(res.Name); err != nil {
 			return fmt.Errorf("remove %s: %w", res.Name, err)
+		}
+	case resProcess:
+		if err := stopProcess(context.Background(), res); err != nil {
+			return fmt.Errorf("stop %s server: %w", res.Name, err)
 		}
 	case resJail:
 		if err := r.teardownJail(res.Name); err != nil {

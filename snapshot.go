@@ -231,10 +231,6 @@ func (r *Runtime) Restore(ctx context.Context, rs RestoreSpec) (View, error) {
 	if err := rs.validate(); err != nil {
 		return View{}, &Error{Kind: KindInvalidArgument, Op: op, VM: rs.VM, Snapshot: rs.Snapshot, Err: err}
 	}
-	if rs.MemoryBackend == string(vmm.MemUffd) {
-		return View{}, &Error{Kind: KindUnsupported, Op: op, VM: rs.VM, Snapshot: rs.Snapshot,
-			Err: errors.New("memory_backend \"uffd\" needs the page-fault server, which this build does not have yet")}
-	}
 	snap, err := r.snapshotRecord(op, rs.Snapshot)
 	if err != nil {
 		var he *Error
@@ -283,6 +279,7 @@ func (r *Runtime) restoreSteps(p *createPlan) []step {
 				return nil
 			},
 		},
+		r.uffdStep(p),
 		r.launchStep(p),
 		step{
 			name: "load",
@@ -301,6 +298,9 @@ func (r *Runtime) restoreSteps(p *createPlan) []step {
 				if p.spec.AgentEnabled() {
 					req.VsockUDSPath = filepath.Join(dir, cidFileNm)
 				}
+				if p.rspec.MemoryBackend == "uffd" {
+					req.MemBackend, req.MemPath = vmm.MemUffd, filepath.Join(dir, uffdSocket)
+				}
 				if err := p.entry.machine.LoadSnapshot(ctx, req); err != nil {
 					return vmmErr(p.op, p.id, KindUnsupported, err)
 				}
@@ -310,7 +310,7 @@ func (r *Runtime) restoreSteps(p *createPlan) []step {
 		step{
 			name: "agent",
 			do: func(ctx context.Context) error {
-				if !p.spec.AgentEnabled() || p.restore.AgentToken == "" {
+				if !p.spec.AgentEnabled() || p.restore.AgentToken == "" || guestless(p.entry.machine) {
 					return nil
 				}
 				if p.rspec.Paused {

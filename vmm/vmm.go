@@ -266,3 +266,10 @@ func (e *RequestError) Error() string {
 
 // ErrGone is returned by Adopt when the recorded process no longer exists.
 var ErrGone = errors.New("vmm process is gone")
+
+// Guestless is implemented by machines that run no guest at all (the
+// in-memory backend): the runtime skips the steps that talk to a guest
+// agent for them.
+type Guestless interface {
+	Guestless() bool
+}

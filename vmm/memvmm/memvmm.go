@@ -320,3 +320,6 @@ func (b *Backend) Find(vmID string) *Machine {
 	}
 	return nil
 }
+
+// Guestless implements vmm.Guestless: there is no guest to talk to.
+func (m *Machine) Guestless() bool { return true }
