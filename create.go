@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,7 +13,6 @@ import (
 	"github.com/hearth-vm/hearth/jail"
 	"github.com/hearth-vm/hearth/store"
 	"github.com/hearth-vm/hearth/vmm"
-	"golang.org/x/sys/unix"
 )
 
 // createPlan carries what the pipeline steps of one create or restore
@@ -311,8 +309,8 @@ func (r *Runtime) createSteps(p *createPlan) []step {
 					return nil
 				}
 				dst := filepath.Join(r.vmDir(p.entry.rec.Key), "rootfs.ext4")
-				if err := cloneFile(p.files.Rootfs, dst); err != nil {
-					return newErr(KindRootfs, p.op, p.id, err)
+				if err := cloneDisk(ctx, p.files.Rootfs, dst, p.files.RootfsSHA256, true); err != nil {
+					return asHearth(KindRootfs, p.op, p.id, classifyRootfs("clone rootfs", err))
 				}
 				return nil
 			},
@@ -395,33 +393,4 @@ func (r *RateLimit) toVMM() *vmm.RateLimiter {
 		return &vmm.TokenBucket{Size: b.Size, OneTimeBurst: b.OneTimeBurst, RefillTime: time.Duration(b.RefillTimeMs) * time.Millisecond}
 	}
 	return &vmm.RateLimiter{Bandwidth: conv(r.Bandwidth), Ops: conv(r.Ops)}
-}
-
-// cloneFile gives dst the contents of src, sharing blocks with FICLONE
-// where the filesystem can and copying (copy_file_range, via io.Copy)
-// where it cannot. The rootfs package replaces this with its full clone
-// ladder and integrity checks.
-func cloneFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlFileClone(int(out.Fd()), int(in.Fd())); err == nil {
-		return out.Close()
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		os.Remove(dst)
-		return fmt.Errorf("copy %s to %s: %w", src, dst, err)
-	}
-	if err := out.Close(); err != nil {
-		os.Remove(dst)
-		return err
-	}
-	return nil
 }

@@ -35,8 +35,8 @@ type Config struct {
 	DefaultBackend string
 	// Defaults fill the zero fields of every Spec.
 	Defaults Spec
-	// Images resolves Spec.Image to files; nil means specs must give
-	// kernel and rootfs paths.
+	// Images resolves Spec.Image to files; nil uses the image catalog in
+	// <state-dir>/images (see `hearth image`).
 	Images ImageResolver
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
@@ -76,6 +76,9 @@ type Image struct {
 	Kernel string
 	Initrd string
 	Rootfs string
+	// RootfsSHA256 is the rootfs digest from the catalog manifest, if
+	// known; clones record it.
+	RootfsSHA256 string
 }
 
 // DefaultBootArgs are the kernel arguments when neither the Spec nor the
@@ -217,6 +220,10 @@ func Open(ctx context.Context, cfg Config) (*Runtime, error) {
 	}
 	r.st = st
 	r.openJails()
+	if err := r.openImages(); err != nil {
+		st.Close()
+		return nil, newErr(KindRootfs, op, "", err)
+	}
 	for _, d := range []string{r.vmsDir(), r.snapshotsDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			st.Close()

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hearth-vm/hearth/jail"
+	"github.com/hearth-vm/hearth/rootfs"
 	"github.com/hearth-vm/hearth/store"
 	"github.com/hearth-vm/hearth/vmm"
 	"github.com/hearth-vm/hearth/vmm/memvmm"
@@ -835,5 +836,53 @@ func TestStats(t *testing.T) {
 	}
 	if srcs := f.rt.MetricSources(); len(srcs) != 0 {
 		t.Fatalf("stopped VM in sources: %+v", srcs)
+	}
+}
+
+// TestImageCatalog creates VMs from a catalog image: the clone records
+// the template's digest, and a template changed behind the catalog's
+// back is refused as an integrity error before anything is created.
+func TestImageCatalog(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	cat, err := rootfs.OpenCatalog(filepath.Join(f.dir, "images"), rootfs.CatalogOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cat.Create(ctx, "tiny", rootfs.Input{RootfsImage: f.spec.Rootfs, Kernel: f.spec.Kernel}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := f.rt.Create(ctx, "fromimg", Spec{Image: "tiny"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Spec.Image != "tiny" {
+		t.Fatalf("spec: %+v", v.Spec)
+	}
+	cfg := f.machine("fromimg").Config()
+	if !strings.HasPrefix(cfg.Kernel, filepath.Join(f.dir, "images", "tiny")) {
+		t.Fatalf("kernel %s is not the catalog's", cfg.Kernel)
+	}
+	info, err := rootfs.ReadCloneInfo(cfg.Drives[0].Path)
+	if err != nil || info.SourceSHA256 == "" {
+		t.Fatalf("clone record: %+v %v", info, err)
+	}
+	if _, err := f.rt.Create(ctx, "x", Spec{Image: "nope"}); err == nil {
+		t.Fatal("unknown image accepted")
+	}
+	// Tamper with the template (same size, so only the digest can tell).
+	tpl := filepath.Join(f.dir, "images", "tiny", "rootfs.ext4")
+	os.Chmod(tpl, 0o600)
+	b, _ := os.ReadFile(tpl)
+	b[0] ^= 0xff
+	if err := os.WriteFile(tpl, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := dump(t, f.rt.st)
+	if _, err := f.rt.Create(ctx, "tampered", Spec{Image: "tiny"}); !errors.Is(err, ErrIntegrity) {
+		t.Fatalf("tampered template: %v", err)
+	}
+	if after := dump(t, f.rt.st); !reflect.DeepEqual(before, after) {
+		t.Fatal("a refused create changed the store")
 	}
 }

@@ -121,7 +121,7 @@ func (r *Runtime) writeSnapshotFiles(ctx context.Context, e *vmEntry, rec *store
 	// is paused. A read-only rootfs is shared and never changes.
 	if !spec.RootfsReadOnly {
 		src := filepath.Join(r.vmDir(e.rec.Key), "rootfs.ext4")
-		if err := cloneFile(src, filepath.Join(rec.Dir, snapRootfs)); err != nil {
+		if err := cloneDisk(ctx, src, filepath.Join(rec.Dir, snapRootfs), "", false); err != nil {
 			return newErr(KindRootfs, op, id, err)
 		}
 	}
@@ -273,7 +273,7 @@ func (r *Runtime) restoreSteps(p *createPlan) []step {
 					return nil // the VM's rootfs is read-only and shared
 				}
 				dst := filepath.Join(r.vmDir(p.entry.rec.Key), "rootfs.ext4")
-				if err := cloneFile(src, dst); err != nil {
+				if err := cloneDisk(ctx, src, dst, "", true); err != nil {
 					return newErr(KindRootfs, p.op, p.id, err)
 				}
 				return nil
