@@ -133,7 +133,7 @@ func (p *createPlan) addResource(res store.Resource) {
 // commonSteps reserve the id, create the VM dir and allocate ids; they are
 // shared by create and restore.
 func (r *Runtime) commonSteps(p *createPlan) []step {
-	return []step{
+	return append([]step{
 		{
 			name: "reserve",
 			do: func(ctx context.Context) error {
@@ -241,7 +241,7 @@ func (r *Runtime) commonSteps(p *createPlan) []step {
 				return errors.Join(errs...)
 			},
 		},
-	}
+	}, r.networkSteps(p)...)
 }
 
 // launchStep starts the VMM; its undo kills it.
@@ -336,6 +336,10 @@ func (r *Runtime) createSteps(p *createPlan) []step {
 // one).
 func (r *Runtime) launch(ctx context.Context, b vmm.Backend, e *vmEntry, spec Spec) (vmm.Machine, error) {
 	dir := r.vmDir(e.rec.Key)
+	netns := ""
+	if a, ok := attachmentOf(e.rec.Resources); ok {
+		netns = a.NetNSPath
+	}
 	// The VMM is named by the VM's immutable key: it satisfies every VMM's
 	// id rules (Firecracker allows only [A-Za-z0-9-]) and survives renames.
 	return b.Launch(ctx, vmm.LaunchSpec{
@@ -343,6 +347,7 @@ func (r *Runtime) launch(ctx context.Context, b vmm.Backend, e *vmEntry, spec Sp
 		Dir:         dir,
 		ConsolePath: filepath.Join(dir, "console.log"),
 		Jail:        r.launchJail(e, spec),
+		NetNS:       netns,
 	})
 }
 
@@ -368,6 +373,10 @@ func (r *Runtime) machineConfig(e *vmEntry, spec Spec, files Image) vmm.Config {
 	}
 	if cid, ok := findAlloc(e.rec.Resources, poolCID); ok {
 		cfg.Vsock = &vmm.Vsock{CID: uint32(cid), UDSPath: filepath.Join(dir, cidFileNm)}
+	}
+	if a, ok := attachmentOf(e.rec.Resources); ok {
+		cfg.NICs = []vmm.NIC{nicConfig(a, spec)}
+		cfg.BootArgs += " " + a.BootArg
 	}
 	return cfg
 }

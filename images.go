@@ -26,7 +26,8 @@ func classifyRootfs(op string, err error) error {
 	switch {
 	case errors.As(err, &ie):
 		return &Error{Kind: KindIntegrity, Op: op, Err: err}
-	case errors.Is(err, rootfs.ErrInvalidName), errors.Is(err, rootfs.ErrShrink):
+	case errors.Is(err, rootfs.ErrInvalidName), errors.Is(err, rootfs.ErrShrink), errors.Is(err, rootfs.ErrNotFound):
+		// A spec naming an image the catalog lacks is bad input.
 		return &Error{Kind: KindInvalidArgument, Op: op, Err: err}
 	}
 	return &Error{Kind: KindRootfs, Op: op, Err: err}

@@ -147,6 +147,24 @@ func (r *Runtime) reclaim(owned map[string]bool) error {
 			r.report.Reclaimed = append(r.report.Reclaimed, pool+" "+strconv.FormatUint(v, 10))
 		}
 	}
+	if r.net != nil {
+		ctx := context.Background()
+		isOwned := func(key string) bool { return owned[key] }
+		if removed, err := r.fw.Reconcile(ctx, isOwned); err != nil {
+			r.log.Warn("reconcile firewall", "err", err)
+		} else {
+			for _, x := range removed {
+				r.report.Reclaimed = append(r.report.Reclaimed, "firewall "+x)
+			}
+		}
+		if removed, err := r.net.Reconcile(ctx, isOwned); err != nil {
+			r.log.Warn("reconcile network", "err", err)
+		} else {
+			for _, x := range removed {
+				r.report.Reclaimed = append(r.report.Reclaimed, "network "+x)
+			}
+		}
+	}
 	if r.jails != nil {
 		jrep, err := r.jails.Reconcile(func(key string) bool { return owned[key] })
 		for _, j := range jrep.Jails {

@@ -14,11 +14,14 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hearth-vm/hearth/agent"
+	"github.com/hearth-vm/hearth/firewall"
 	"github.com/hearth-vm/hearth/jail"
 	"github.com/hearth-vm/hearth/metrics"
+	"github.com/hearth-vm/hearth/network"
 	"github.com/hearth-vm/hearth/store"
 	"github.com/hearth-vm/hearth/vmm"
 )
@@ -51,6 +54,9 @@ type Config struct {
 	// configure, load, record) with the VM's backend, e.g. for latency
 	// histograms (metrics.Registry.ObserveStep).
 	ObserveStep func(backend, step string, d time.Duration)
+	// Network, when set, gives VMs a network interface behind a per-VM
+	// egress firewall (Spec.Network.Disabled opts a VM out).
+	Network *NetworkConfig
 	// HelperBinary is the hearth binary whose hidden `_uffd` and `_jail`
 	// commands run page-fault servers and jails (default: this program
 	// when it is hearth, else "hearth" in PATH).
@@ -118,6 +124,8 @@ type Runtime struct {
 	report   ReconcileReport
 	jails    *jail.Manager
 	jailErr  error
+	net      *network.Manager
+	fw       firewall.Firewall
 
 	mu      sync.Mutex
 	vms     map[string]*vmEntry
@@ -224,6 +232,10 @@ func Open(ctx context.Context, cfg Config) (*Runtime, error) {
 		st.Close()
 		return nil, newErr(KindRootfs, op, "", err)
 	}
+	if err := r.openNetwork(); err != nil {
+		st.Close()
+		return nil, err
+	}
 	for _, d := range []string{r.vmsDir(), r.snapshotsDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			st.Close()
@@ -266,6 +278,9 @@ func (r *Runtime) Close() error {
 		e.mu.Unlock()
 	}
 	r.watch.Wait()
+	if r.net != nil {
+		r.net.Close() // slots stay for the next runtime
+	}
 	return r.st.Close()
 }
 
@@ -434,12 +449,16 @@ func allocValue(res store.Resource) (string, uint64, bool) {
 func (r *Runtime) release(res store.Resource) error {
 	switch res.Kind {
 	case resDir:
-		if err := os.RemoveAll(res.Name); err != nil {
+		if err := removeDir(res.Name); err != nil {
 			return fmt.Errorf("remove %s: %w", res.Name, err)
 		}
 	case resProcess:
 		if err := stopProcess(context.Background(), res); err != nil {
 			return fmt.Errorf("stop %s server: %w", res.Name, err)
+		}
+	case resNetwork, resFirewall:
+		if err := r.releaseNetwork(res); err != nil {
+			return err
 		}
 	case resJail:
 		if err := r.teardownJail(res.Name); err != nil {
@@ -498,3 +517,17 @@ func (r *Runtime) DefaultBackend() string { return r.def }
 
 // StateDir returns the runtime's state directory.
 func (r *Runtime) StateDir() string { return r.cfg.StateDir }
+
+// removeDir removes a VM directory. A process of the VM that is still
+// going away (a guest helper dying with its VMM) can create a file while
+// the tree is being removed, so a non-empty directory is retried briefly.
+func removeDir(dir string) error {
+	var err error
+	for i := 0; i < 20; i++ {
+		if err = os.RemoveAll(dir); err == nil || !errors.Is(err, syscall.ENOTEMPTY) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return err
+}

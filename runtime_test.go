@@ -327,7 +327,7 @@ func TestInvalidInputHasNoSideEffects(t *testing.T) {
 			return s
 		}},
 		{"unknown backend", "v", func(s Spec) Spec { s.Backend = "xen"; return s }},
-		{"image without catalog", "v", func(s Spec) Spec { s.Kernel, s.Rootfs, s.Image = "", "", "debian"; return s }},
+		{"unknown image", "v", func(s Spec) Spec { s.Kernel, s.Rootfs, s.Image = "", "", "debian"; return s }},
 		{"bad image name", "v", func(s Spec) Spec { s.Kernel, s.Rootfs, s.Image = "", "", "../x"; return s }},
 		{"boot args newline", "v", func(s Spec) Spec { s.BootArgs = "a\nb"; return s }},
 	}

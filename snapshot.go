@@ -53,6 +53,7 @@ func (r *Runtime) Snapshot(ctx context.Context, id, name string) (SnapshotView, 
 	}
 	rec := store.Snapshot{Name: name, SourceVM: id, Backend: e.rec.Backend, Spec: e.rec.Spec,
 		Dir: filepath.Join(r.snapshotsDir(), name), CreatedAt: time.Now().UTC(), AgentToken: e.rec.AgentToken}
+	_, rec.HadNIC = attachmentOf(e.rec.Resources)
 	if err := r.st.CreateSnapshot(rec); err != nil {
 		if errors.Is(err, store.ErrExists) {
 			return SnapshotView{}, snapErr(KindSnapshotAlreadyExists, nil)
@@ -298,6 +299,11 @@ func (r *Runtime) restoreSteps(p *createPlan) []step {
 				if p.spec.AgentEnabled() {
 					req.VsockUDSPath = filepath.Join(dir, cidFileNm)
 				}
+				if a, ok := attachmentOf(p.entry.rec.Resources); ok && hadNIC(p.restore) {
+					// netns mode: every slot's TAP has the same name, so
+					// this is a no-op; bridge mode: the clone's own TAP.
+					req.NetworkOverrides = []vmm.NetworkOverride{{IfaceID: "eth0", HostDev: a.TAP}}
+				}
 				if p.rspec.MemoryBackend == "uffd" {
 					req.MemBackend, req.MemPath = vmm.MemUffd, filepath.Join(dir, uffdSocket)
 				}
@@ -331,3 +337,7 @@ func (r *Runtime) restoreSteps(p *createPlan) []step {
 		}),
 	)
 }
+
+// hadNIC reports whether the snapshot's VM had a network interface (the
+// clone can only re-point an interface the snapshot has).
+func hadNIC(s *store.Snapshot) bool { return s.HadNIC }

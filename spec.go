@@ -46,10 +46,21 @@ type DriveSpec struct {
 	RateLimit *RateLimit `json:"rate_limit,omitempty"`
 }
 
-// NetworkSpec configures the VM's network interface.
+// NetworkSpec configures the VM's network interface and its egress
+// firewall. Egress is denied by default; Allow opens destinations.
 type NetworkSpec struct {
 	// Disabled gives the VM no network interface at all.
-	Disabled    bool       `json:"disabled,omitempty"`
+	Disabled bool `json:"disabled,omitempty"`
+	// Allow lists egress rules "proto:cidr[:port[-port]]", e.g.
+	// "tcp:10.0.0.0/8:443", "udp:[2001:db8::]/32:53-54", "icmp:0.0.0.0/0".
+	Allow []string `json:"allow,omitempty"`
+	// DNS lists resolvers the VM may query even where Allow does not
+	// reach.
+	DNS []string `json:"dns,omitempty"`
+	// AllowHost and AllowMetadata lift the default denial of the host
+	// and of link-local metadata addresses (169.254.169.254).
+	AllowHost     bool       `json:"allow_host,omitempty"`
+	AllowMetadata bool       `json:"allow_metadata,omitempty"`
 	RxRateLimit *RateLimit `json:"rx_rate_limit,omitempty"`
 	TxRateLimit *RateLimit `json:"tx_rate_limit,omitempty"`
 }
@@ -229,6 +240,9 @@ func (s Spec) validate() error {
 		}
 	}
 	if n := s.Network; n != nil {
+		if _, err := egressPolicy(s); err != nil {
+			add("network: %v", err)
+		}
 		if err := n.RxRateLimit.validate(); err != nil {
 			add("network.rx_rate_limit: %v", err)
 		}

@@ -82,8 +82,10 @@ type Snapshot struct {
 	Complete bool            `json:"complete"`
 	// AgentToken is the token the guest agent held when the snapshot was
 	// taken; restores need it to hand each clone a token of its own.
-	AgentToken string    `json:"agent_token,omitempty"`
-	CreatedAt  time.Time `json:"created_at"`
+	AgentToken string `json:"agent_token,omitempty"`
+	// HadNIC says the VM had a network interface (eth0) when snapshotted.
+	HadNIC    bool      `json:"had_nic,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
 }
 
 // Store is an open state store. Its methods are safe for concurrent use;
