@@ -61,8 +61,8 @@ type NetworkSpec struct {
 	// and of link-local metadata addresses (169.254.169.254).
 	AllowHost     bool       `json:"allow_host,omitempty"`
 	AllowMetadata bool       `json:"allow_metadata,omitempty"`
-	RxRateLimit *RateLimit `json:"rx_rate_limit,omitempty"`
-	TxRateLimit *RateLimit `json:"tx_rate_limit,omitempty"`
+	RxRateLimit   *RateLimit `json:"rx_rate_limit,omitempty"`
+	TxRateLimit   *RateLimit `json:"tx_rate_limit,omitempty"`
 }
 
 // JailSpec confines the VMM process.
