@@ -206,7 +206,6 @@ func TestErrorsOverSocket(t *testing.T) {
 		{"metrics disabled", "GET", "/metrics", "", 501, hearth.KindUnsupported},
 		{"console of unknown vm", "GET", "/v1/vms/nope/console", "", 404, hearth.KindVMNotFound},
 		{"bad tail", "GET", "/v1/vms/vm1/console?tail=-1", "", 400, hearth.KindInvalidArgument},
-		{"unsupported", "POST", "/v1/snapshots/s/restore", `{"vm":"y","memory_backend":"uffd"}`, 501, hearth.KindUnsupported},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -83,6 +83,9 @@ func TestEveryCommandHasHelp(t *testing.T) {
 	bin := hearthBin(t)
 	root := newRoot()
 	for _, c := range root.Commands() {
+		if c.Hidden {
+			continue // internal helpers (_uffd, _jail) are not for people
+		}
 		cmds := [][]string{{c.Name()}}
 		for _, sub := range c.Commands() {
 			cmds = append(cmds, []string{c.Name(), sub.Name()})
