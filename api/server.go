@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hearth-vm/hearth"
+	"github.com/hearth-vm/hearth/agent"
 	"github.com/hearth-vm/hearth/metrics"
 )
 
@@ -45,6 +46,9 @@ type Runtime interface {
 	GetSnapshot(ctx context.Context, name string) (hearth.SnapshotView, error)
 	DeleteSnapshot(ctx context.Context, name string) error
 	Stats(ctx context.Context, id string) (metrics.Stats, error)
+	Agent(ctx context.Context, id string) (*agent.Client, error)
+	Exec(ctx context.Context, id string, cmd *agent.Cmd) (*agent.ExitStatus, error)
+	SetEgress(ctx context.Context, id string, allow, dns []string) error
 	ConsoleTail(ctx context.Context, id string, n int) ([]string, error)
 	ConsoleFollow(ctx context.Context, id string, w io.Writer) error
 	Reconciled() hearth.ReconcileReport
@@ -150,6 +154,8 @@ func NewServer(rt Runtime, o Options) *Server {
 	s.handle("POST /v1/snapshots/{name}/restore", s.restore)
 	s.handle("GET /v1/vms/{id}/console", s.console)
 	s.handle("GET /v1/vms/{id}/stats", s.stats)
+	s.handle("POST /v1/vms/{id}/exec", s.exec)
+	s.handle("PUT /v1/vms/{id}/egress", s.setEgress)
 	s.handle("GET /metrics", s.prometheus)
 	s.handle("GET /v1/events", s.streamEvents)
 	return s

@@ -18,6 +18,7 @@ import (
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/hearth-vm/hearth"
+	"github.com/hearth-vm/hearth/agent"
 	"github.com/hearth-vm/hearth/api"
 	"github.com/hearth-vm/hearth/api/client"
 	"github.com/hearth-vm/hearth/metrics"
@@ -204,6 +205,10 @@ func TestErrorsOverSocket(t *testing.T) {
 		{"bad status filter", "GET", "/v1/vms?status=zombie", "", 400, hearth.KindInvalidArgument},
 		{"stats of unknown vm", "GET", "/v1/vms/nope/stats", "", 404, hearth.KindVMNotFound},
 		{"metrics disabled", "GET", "/metrics", "", 501, hearth.KindUnsupported},
+		{"exec without args", "POST", "/v1/vms/vm1/exec", `{"args":[]}`, 400, hearth.KindInvalidArgument},
+		{"exec in a VM without agent", "POST", "/v1/vms/vm1/exec", `{"args":["true"]}`, 500, hearth.KindGuestMetadata},
+		{"egress without network", "PUT", "/v1/vms/vm1/egress", `{"allow":["tcp:10.0.0.0/8:443"]}`, 500, hearth.KindNetworkConfig},
+		{"bad egress rule", "PUT", "/v1/vms/vm1/egress", `{"allow":["tcp:bogus"]}`, 400, hearth.KindInvalidArgument},
 		{"console of unknown vm", "GET", "/v1/vms/nope/console", "", 404, hearth.KindVMNotFound},
 		{"bad tail", "GET", "/v1/vms/vm1/console?tail=-1", "", 400, hearth.KindInvalidArgument},
 	}
@@ -263,12 +268,17 @@ func (f errRuntime) DeleteSnapshot(context.Context, string) error { return f.err
 func (f errRuntime) Stats(context.Context, string) (metrics.Stats, error) {
 	return metrics.Stats{}, f.err
 }
-func (f errRuntime) ConsoleTail(context.Context, string, int) ([]string, error) { return nil, f.err }
-func (f errRuntime) ConsoleFollow(context.Context, string, io.Writer) error     { return f.err }
-func (f errRuntime) Reconciled() hearth.ReconcileReport                         { return hearth.ReconcileReport{} }
-func (f errRuntime) Backends() []string                                         { return nil }
-func (f errRuntime) DefaultBackend() string                                     { return "" }
-func (f errRuntime) StateDir() string                                           { return "" }
+func (f errRuntime) Agent(context.Context, string) (*agent.Client, error) { return nil, f.err }
+func (f errRuntime) Exec(context.Context, string, *agent.Cmd) (*agent.ExitStatus, error) {
+	return nil, f.err
+}
+func (f errRuntime) SetEgress(context.Context, string, []string, []string) error { return f.err }
+func (f errRuntime) ConsoleTail(context.Context, string, int) ([]string, error)  { return nil, f.err }
+func (f errRuntime) ConsoleFollow(context.Context, string, io.Writer) error      { return f.err }
+func (f errRuntime) Reconciled() hearth.ReconcileReport                          { return hearth.ReconcileReport{} }
+func (f errRuntime) Backends() []string                                          { return nil }
+func (f errRuntime) DefaultBackend() string                                      { return "" }
+func (f errRuntime) StateDir() string                                            { return "" }
 
 func TestEveryKindMapsToStatus(t *testing.T) {
 	want := map[hearth.Kind]int{

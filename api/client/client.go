@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/hearth-vm/hearth"
+	"github.com/hearth-vm/hearth/agent"
 	"github.com/hearth-vm/hearth/api"
 	"github.com/hearth-vm/hearth/metrics"
 )
@@ -307,4 +308,56 @@ func (c *Client) Stats(ctx context.Context, id string) (metrics.Stats, error) {
 	var st metrics.Stats
 	err := c.do(ctx, "GET", "/v1/vms/"+esc(id)+"/stats", nil, &st)
 	return st, err
+}
+
+// SetEgress replaces a VM's egress policy.
+func (c *Client) SetEgress(ctx context.Context, id string, allow, dns []string) error {
+	return c.do(ctx, "PUT", "/v1/vms/"+esc(id)+"/egress", api.EgressRequest{Allow: allow, DNS: dns}, nil)
+}
+
+// Exec runs a command in a VM, copying its output to stdout and stderr,
+// and returns its exit status.
+func (c *Client) Exec(ctx context.Context, id string, req api.ExecRequest, stdout, stderr io.Writer) (*agent.ExitStatus, error) {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	hreq, err := http.NewRequestWithContext(ctx, "POST", c.base+"/v1/vms/"+esc(id)+"/exec", bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	if c.token != "" {
+		hreq.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(hreq)
+	if err != nil {
+		return nil, &hearth.Error{Kind: hearth.KindStatePoisoned, Op: "exec", Err: fmt.Errorf("daemon unreachable: %w", err)}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, decodeError(resp)
+	}
+	for {
+		stream, payload, err := api.ReadFrame(resp.Body)
+		if err != nil {
+			return nil, &hearth.Error{Kind: hearth.KindGuestMetadata, Op: "exec", VM: id, Err: fmt.Errorf("output ended without an exit status (guest connection lost?): %w", err)}
+		}
+		switch stream {
+		case api.FrameStdout:
+			if stdout != nil {
+				stdout.Write(payload)
+			}
+		case api.FrameStderr:
+			if stderr != nil {
+				stderr.Write(payload)
+			}
+		case api.FrameExit:
+			var st agent.ExitStatus
+			if err := json.Unmarshal(payload, &st); err != nil {
+				return nil, fmt.Errorf("decode exit status: %w", err)
+			}
+			return &st, nil
+		}
+	}
 }

@@ -7,7 +7,9 @@ import (
 	"os/exec"
 
 	"github.com/hearth-vm/hearth"
+	"github.com/hearth-vm/hearth/firewall"
 	"github.com/hearth-vm/hearth/jail"
+	"github.com/hearth-vm/hearth/network"
 	"github.com/hearth-vm/hearth/vmm"
 	"github.com/hearth-vm/hearth/vmm/firecracker"
 	"github.com/hearth-vm/hearth/vmm/memvmm"
@@ -21,6 +23,9 @@ type backendFlags struct {
 	firecrackerBin string
 	jailerBin      string
 	useJailer      bool
+	netMode        string
+	egressIface    string
+	firewall       string
 }
 
 func (f *backendFlags) register(fs *pflag.FlagSet, def string) {
@@ -28,6 +33,34 @@ func (f *backendFlags) register(fs *pflag.FlagSet, def string) {
 	fs.StringVar(&f.firecrackerBin, "firecracker-bin", "firecracker", "Firecracker binary (name in PATH or path)")
 	fs.StringVar(&f.jailerBin, "jailer-bin", "", "jailer binary; set to run VMMs under the jailer")
 	fs.BoolVar(&f.useJailer, "jailer", false, "refuse to run a VMM without the jailer")
+	fs.StringVar(&f.netMode, "network", "none", "VM networking: netns (a namespace per VM), bridge (hearth0), or none")
+	fs.StringVar(&f.egressIface, "egress-iface", "", "host interface VM traffic leaves by (default: the default route's)")
+	fs.StringVar(&f.firewall, "firewall", "nftables", "egress firewall backend: nftables or iptables")
+}
+
+// network returns the runtime's network configuration, nil for none.
+func (f *backendFlags) network() (*hearth.NetworkConfig, error) {
+	bad := func(err error) error {
+		return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "network", Err: err}
+	}
+	var fw firewall.Backend
+	switch f.firewall {
+	case "nftables":
+		fw = firewall.NFTables
+	case "iptables":
+		fw = firewall.IPTables
+	default:
+		return nil, bad(fmt.Errorf("--firewall %q: want nftables or iptables", f.firewall))
+	}
+	switch f.netMode {
+	case "none", "":
+		return nil, nil
+	case "netns":
+		return &hearth.NetworkConfig{Network: network.Config{Mode: network.ModeNetNS, EgressIface: f.egressIface}, Firewall: fw}, nil
+	case "bridge":
+		return &hearth.NetworkConfig{Network: network.Config{Mode: network.ModeBridge, EgressIface: f.egressIface}, Firewall: fw}, nil
+	}
+	return nil, bad(fmt.Errorf("--network %q: want netns, bridge or none", f.netMode))
 }
 
 // build returns the backends to register and the default one.

@@ -224,3 +224,74 @@ func scrape(t *testing.T, socket string) string {
 	}
 	return string(b)
 }
+
+// buildTool builds a command of this module (run from cmd/hearth).
+func buildTool(t *testing.T, pkg, name string) string {
+	t.Helper()
+	dir := t.TempDir()
+	out := filepath.Join(dir, name)
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", pkg, err, b)
+	}
+	return out
+}
+
+// TestDaemonExecOnSimulator drives the daemon with the Firecracker
+// backend (the simulator, running hearth-agent as its guest) and runs
+// commands in the VM with `hearth exec`, whose exit code is the guest
+// command's.
+func TestDaemonExecOnSimulator(t *testing.T) {
+	bin := hearthBin(t)
+	fc := buildTool(t, "../hearth-fcsim", "firecracker")
+	agentBin := buildTool(t, "../hearth-agent", "hearth-agent")
+	dir, _ := os.MkdirTemp("", "hx")
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	c := &cli{t: t, bin: bin, socket: filepath.Join(dir, "h.sock"), state: filepath.Join(dir, "s")}
+	k, r := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "rootfs.ext4")
+	os.WriteFile(k, []byte("k"), 0o600)
+	os.WriteFile(r, make([]byte, 1<<20), 0o600)
+	script := `d="$HEARTH_FCSIM_GUEST_VSOCK_DIR"; mkdir -p "$d.state"; printf '%s' "$HEARTH_FCSIM_BOOT_ARGS" > "$d.state/cmdline"; ` +
+		`exec ` + agentBin + ` --init never --system simulated --cmdline "$d.state/cmdline" --token-file "$d.state/token" --env-file "$d.state/env" --secrets-dir "$d.state/secrets"`
+	q, _ := json.Marshal(script)
+	serve := exec.Command(bin, "serve", "--backend", "firecracker", "--firecracker-bin", fc, "--socket", c.socket, "--state-dir", c.state)
+	serve.Env = append(os.Environ(), `HEARTH_FCSIM_GUEST_CMD=["sh","-c",`+string(q)+`]`)
+	var serveOut bytes.Buffer
+	serve.Stdout, serve.Stderr = &serveOut, &serveOut
+	if err := serve.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- serve.Wait() }()
+	t.Cleanup(func() {
+		serve.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			serve.Process.Kill()
+			<-done
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(c.socket); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon did not start: %s", serveOut.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.ok("create", "box", "--kernel", k, "--rootfs", r, "--memory", "32", "--agent", "--start")
+	if out := c.ok("exec", "box", "--", "echo", "hello"); strings.TrimSpace(out) != "hello" {
+		t.Fatalf("exec output %q", out)
+	}
+	if out, code := c.run("exec", "box", "--", "sh", "-c", "echo out; echo err >&2; exit 7"); code != 7 || !strings.Contains(out, "out") || !strings.Contains(out, "err") {
+		t.Fatalf("exec exit %d, output %q", code, out)
+	}
+	if out, code := c.run("exec", "nope", "--", "true"); code != 3 {
+		t.Fatalf("exec in unknown VM: exit %d %s", code, out)
+	}
+	c.ok("rm", "box")
+}

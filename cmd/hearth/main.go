@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -28,13 +29,20 @@ func main() {
 	err := newRoot().ExecuteContext(ctx)
 	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "hearth:", err)
+		var ec exitCodeError
+		if !errors.As(err, &ec) {
+			fmt.Fprintln(os.Stderr, "hearth:", err)
+		}
 		os.Exit(exitCode(err))
 	}
 }
 
 // exitCode maps error kinds to distinct exit codes so scripts can react.
 func exitCode(err error) int {
+	var ec exitCodeError
+	if errors.As(err, &ec) {
+		return ec.code // the guest command's own exit code
+	}
 	switch hearth.KindOf(err) {
 	case hearth.KindInvalidArgument:
 		return 2

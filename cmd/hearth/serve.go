@@ -88,6 +88,10 @@ func runServe(ctx context.Context, cmd *cobra.Command, g *globals, bf *backendFl
 	if err != nil {
 		return err
 	}
+	netCfg, err := bf.network()
+	if err != nil {
+		return err
+	}
 	broker := api.NewBroker()
 	// The registry's per-VM collector asks the runtime at every scrape;
 	// the runtime feeds the registry its step timings.
@@ -99,7 +103,8 @@ func runServe(ctx context.Context, cmd *cobra.Command, g *globals, bf *backendFl
 		return nil
 	})
 	rt, err := hearth.Open(ctx, hearth.Config{StateDir: g.stateDir, Backends: backends, DefaultBackend: def,
-		Logger: g.log, OnEvent: broker.Publish, ObserveStep: reg.ObserveStep, JailCgroupParent: jail.DefaultCgroupParent})
+		Logger: g.log, OnEvent: broker.Publish, ObserveStep: reg.ObserveStep, JailCgroupParent: jail.DefaultCgroupParent,
+		Network: netCfg})
 	if err != nil {
 		return err
 	}

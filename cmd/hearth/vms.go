@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hearth-vm/hearth"
+	"github.com/hearth-vm/hearth/api"
 	"github.com/hearth-vm/hearth/api/client"
 	"github.com/spf13/cobra"
 )
@@ -74,13 +76,14 @@ func lifecycleCmds(g *globals) []*cobra.Command {
 		vmVerb(g, "resume", "Resume paused VMs", "Continue paused VMs.", (*client.Client).Resume),
 		vmVerb(g, "stop", "Shut VMs down", "Ask each guest to power off, then signal its VMM after the stop timeout. Disk and resources stay; start boots it again.", (*client.Client).Stop),
 		rmCmd(g), renameCmd(g), snapshotCmd(g), restoreCmd(g), eventsCmd(g), logsCmd(g), statsCmd(g),
+		execCmd(g), egressCmd(g),
 	}
 }
 
 func createCmd(g *globals) *cobra.Command {
 	var spec hearth.Spec
-	var labels, drives []string
-	var agent, start bool
+	var labels, drives, allow, dns []string
+	var agent, start, noNet bool
 	cmd := &cobra.Command{
 		Use:   "create VM",
 		Short: "Create a VM",
@@ -114,6 +117,9 @@ daemon's defaults.`,
 			if cmd.Flags().Changed("agent") {
 				spec.Agent = &agent
 			}
+			if noNet || len(allow) > 0 || len(dns) > 0 {
+				spec.Network = &hearth.NetworkSpec{Disabled: noNet, Allow: allow, DNS: dns}
+			}
 			c, err := daemon(cmd.Context(), g)
 			if err != nil {
 				return err
@@ -145,6 +151,9 @@ daemon's defaults.`,
 	f.StringArrayVar(&labels, "label", nil, "label key=value (repeatable)")
 	f.StringArrayVar(&drives, "drive", nil, "extra drive id=ID,path=PATH[,ro] (repeatable)")
 	f.BoolVar(&start, "start", false, "boot the VM right away")
+	f.StringArrayVar(&allow, "allow", nil, "egress rule proto:cidr[:ports], e.g. tcp:10.0.0.0/8:443 (repeatable; default: deny all)")
+	f.StringArrayVar(&dns, "dns", nil, "resolver the VM may query (repeatable)")
+	f.BoolVar(&noNet, "no-network", false, "give the VM no network interface")
 	return cmd
 }
 
@@ -424,4 +433,84 @@ func statsCmd(g *globals) *cobra.Command {
 func compactJSON(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
+}
+
+// exitCodeError carries a guest command's exit code out of `hearth exec`.
+type exitCodeError struct{ code int }
+
+func (e exitCodeError) Error() string { return fmt.Sprintf("command exited with code %d", e.code) }
+
+func execCmd(g *globals) *cobra.Command {
+	var env []string
+	var dir string
+	var timeout time.Duration
+	var stdin bool
+	cmd := &cobra.Command{
+		Use:   "exec VM -- CMD [ARG...]",
+		Short: "Run a command in a VM",
+		Long: `Run a command in a running VM through its guest agent, printing its output
+as it comes. hearth exits with the command's exit code. With -i, standard
+input is read to its end first and given to the command.`,
+		Example: `  hearth exec sandbox-1 -- uname -a
+  echo 'print(6*7)' | hearth exec -i sandbox-1 -- python3`,
+		Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := api.ExecRequest{Args: args[1:], Dir: dir, TimeoutMs: timeout.Milliseconds()}
+			for _, kv := range env {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok || k == "" {
+					return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "exec", Err: fmt.Errorf("--env %q: want KEY=VALUE", kv)}
+				}
+				if req.Env == nil {
+					req.Env = map[string]string{}
+				}
+				req.Env[k] = v
+			}
+			if stdin {
+				in, err := io.ReadAll(io.LimitReader(cmd.InOrStdin(), 8<<20))
+				if err != nil {
+					return err
+				}
+				req.Stdin = base64.StdEncoding.EncodeToString(in)
+			}
+			c, err := daemon(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			st, err := c.Exec(cmd.Context(), args[0], req, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			if st.ExitCode != 0 {
+				return exitCodeError{st.ExitCode}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringArrayVarP(&env, "env", "e", nil, "environment KEY=VALUE (repeatable)")
+	cmd.Flags().StringVarP(&dir, "workdir", "w", "", "working directory in the guest")
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "kill the command after this long")
+	cmd.Flags().BoolVarP(&stdin, "interactive", "i", false, "pass standard input (read to its end, up to 8 MiB)")
+	return cmd
+}
+
+func egressCmd(g *globals) *cobra.Command {
+	var allow, dns []string
+	cmd := &cobra.Command{
+		Use:     "egress VM",
+		Short:   "Replace a VM's egress policy",
+		Long:    "Replace a running VM's egress firewall policy atomically: there is no moment without a policy. Egress is denied except what --allow and --dns open.",
+		Example: "  hearth egress sandbox-1 --allow tcp:0.0.0.0/0:443 --dns 1.1.1.1",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := daemon(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			return c.SetEgress(cmd.Context(), args[0], allow, dns)
+		},
+	}
+	cmd.Flags().StringArrayVar(&allow, "allow", nil, "egress rule proto:cidr[:ports] (repeatable)")
+	cmd.Flags().StringArrayVar(&dns, "dns", nil, "resolver the VM may query (repeatable)")
+	return cmd
 }
