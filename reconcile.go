@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/hearth-vm/hearth/store"
 	"github.com/hearth-vm/hearth/vmm"
@@ -198,7 +199,9 @@ func (r *Runtime) reclaim(owned map[string]bool) error {
 		return newErr(KindStatePoisoned, op, "", err)
 	}
 	for _, d := range sdirs {
-		if known[d.Name()] {
+		// Dot entries are the snapshot store's own (its lock file and
+		// pending writes, which it cleans itself).
+		if known[d.Name()] || strings.HasPrefix(d.Name(), ".") {
 			continue
 		}
 		p := filepath.Join(r.snapshotsDir(), d.Name())

@@ -22,6 +22,7 @@ import (
 	"github.com/hearth-vm/hearth/jail"
 	"github.com/hearth-vm/hearth/metrics"
 	"github.com/hearth-vm/hearth/network"
+	"github.com/hearth-vm/hearth/snapshot"
 	"github.com/hearth-vm/hearth/store"
 	"github.com/hearth-vm/hearth/vmm"
 )
@@ -126,6 +127,7 @@ type Runtime struct {
 	jailErr  error
 	net      *network.Manager
 	fw       firewall.Firewall
+	snaps    *snapshot.Store
 
 	mu      sync.Mutex
 	vms     map[string]*vmEntry
@@ -231,6 +233,10 @@ func Open(ctx context.Context, cfg Config) (*Runtime, error) {
 	if err := r.openImages(); err != nil {
 		st.Close()
 		return nil, newErr(KindRootfs, op, "", err)
+	}
+	if r.snaps, err = snapshot.Open(r.snapshotsDir(), snapshot.Options{Logger: r.log}); err != nil {
+		st.Close()
+		return nil, newErr(KindStatePoisoned, op, "", err)
 	}
 	if err := r.openNetwork(); err != nil {
 		st.Close()

@@ -728,8 +728,10 @@ func TestFailedSnapshotLeavesNothingAndResumes(t *testing.T) {
 	if f.machine("vm").State() != "running" {
 		t.Fatal("machine left paused")
 	}
-	if left := listDir(t, f.rt.snapshotsDir()); len(left) != 0 {
-		t.Fatalf("partial snapshot left: %v", left)
+	for _, p := range listDir(t, f.rt.snapshotsDir()) {
+		if p != "/.lock" { // the snapshot store's lock file
+			t.Fatalf("partial snapshot left: %v", p)
+		}
 	}
 	if snaps, _ := f.rt.Snapshots(ctx); len(snaps) != 0 {
 		t.Fatalf("snapshot record left: %v", snaps)

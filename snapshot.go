@@ -4,31 +4,21 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/hearth-vm/hearth/snapshot"
 	"github.com/hearth-vm/hearth/store"
 	"github.com/hearth-vm/hearth/vmm"
 )
 
 // Files of a snapshot directory.
 const (
-	snapState    = "vmstate"
-	snapMem      = "mem"
-	snapRootfs   = "rootfs.ext4"
-	snapManifest = "manifest.json"
+	snapMem    = "mem"
+	snapRootfs = "rootfs.ext4"
 )
-
-// Manifest describes a snapshot on disk (snapshots/<name>/manifest.json).
-type Manifest struct {
-	Name      string           `json:"name"`
-	SourceVM  string           `json:"source_vm"`
-	Backend   string           `json:"backend"`
-	Spec      Spec             `json:"spec"`
-	CreatedAt time.Time        `json:"created_at"`
-	Files     map[string]int64 `json:"files"` // file name → size in bytes
-}
 
 // Snapshot writes the VM's state, memory and (for a VM with its own disk)
 // a copy of its disk to a new snapshot named name. A running VM is paused
@@ -61,8 +51,8 @@ func (r *Runtime) Snapshot(ctx context.Context, id, name string) (SnapshotView, 
 		return SnapshotView{}, snapErr(KindStatePoisoned, err)
 	}
 	if err := r.writeSnapshot(ctx, e, &rec); err != nil {
-		// Nothing partial may stay: files first, then the record.
-		os.RemoveAll(rec.Dir)
+		// Nothing partial may stay: the store removed the files; the
+		// record goes too.
 		if derr := r.st.DeleteSnapshot(name); derr != nil {
 			err = errors.Join(err, derr)
 		}
@@ -80,16 +70,24 @@ func (r *Runtime) Snapshot(ctx context.Context, id, name string) (SnapshotView, 
 func (r *Runtime) writeSnapshot(ctx context.Context, e *vmEntry, rec *store.Snapshot) error {
 	const op = "snapshot"
 	id := e.rec.ID
-	if err := os.Mkdir(rec.Dir, 0o700); err != nil {
+	spec, err := specOf(e)
+	if err != nil {
 		return newErr(KindStatePoisoned, op, id, err)
+	}
+	// The snapshot store writes into a temporary directory that only
+	// Commit renames into place: a failure anywhere leaves nothing.
+	pend, err := r.snaps.Begin(rec.Name)
+	if err != nil {
+		return newErr(KindUnsupported, op, id, err)
 	}
 	running := Status(e.rec.Status) == StatusRunning
 	if running {
 		if err := e.machine.Pause(ctx); err != nil {
+			pend.Abort()
 			return vmmErr(op, id, KindUnsupported, err)
 		}
 	}
-	err := r.writeSnapshotFiles(ctx, e, rec)
+	err = r.writeSnapshotFiles(ctx, e, spec, pend)
 	if running {
 		// Resume even when the write failed: a snapshot must never leave
 		// a running VM paused.
@@ -98,69 +96,40 @@ func (r *Runtime) writeSnapshot(ctx context.Context, e *vmEntry, rec *store.Snap
 		}
 	}
 	if err != nil {
+		pend.Abort()
 		return err
 	}
+	// Hashing and syncing read every byte written, so they happen after
+	// the resume, outside the VM's pause window.
+	snap, err := pend.Commit(ctx, snapshot.Meta{SourceVM: id, Backend: rec.Backend, Restore: spec, Labels: spec.Labels})
+	if err != nil {
+		return newErr(KindUnsupported, op, id, fmt.Errorf("commit snapshot: %w", err))
+	}
+	rec.Dir = snap.Dir
 	rec.Complete = true
 	if err := r.st.PutSnapshot(*rec); err != nil {
+		r.snaps.Delete(rec.Name)
 		return newErr(KindStatePoisoned, op, id, err)
 	}
 	return nil
 }
 
-func (r *Runtime) writeSnapshotFiles(ctx context.Context, e *vmEntry, rec *store.Snapshot) error {
+func (r *Runtime) writeSnapshotFiles(ctx context.Context, e *vmEntry, spec Spec, pend *snapshot.Pending) error {
 	const op = "snapshot"
 	id := e.rec.ID
-	req := vmm.SnapshotRequest{StatePath: filepath.Join(rec.Dir, snapState), MemPath: filepath.Join(rec.Dir, snapMem)}
+	req := vmm.SnapshotRequest{StatePath: pend.StatePath, MemPath: pend.MemPath}
 	if err := e.machine.Snapshot(ctx, req); err != nil {
 		return vmmErr(op, id, KindUnsupported, err)
-	}
-	spec, err := specOf(e)
-	if err != nil {
-		return newErr(KindStatePoisoned, op, id, err)
 	}
 	// The disk must match the memory image, so it is copied while the VM
 	// is paused. A read-only rootfs is shared and never changes.
 	if !spec.RootfsReadOnly {
 		src := filepath.Join(r.vmDir(e.rec.Key), "rootfs.ext4")
-		if err := cloneDisk(ctx, src, filepath.Join(rec.Dir, snapRootfs), "", false); err != nil {
+		if err := cloneDisk(ctx, src, pend.Path(snapRootfs), "", false); err != nil {
 			return newErr(KindRootfs, op, id, err)
 		}
 	}
-	m := Manifest{Name: rec.Name, SourceVM: id, Backend: rec.Backend, Spec: spec, CreatedAt: rec.CreatedAt, Files: map[string]int64{}}
-	for _, f := range []string{snapState, snapMem, snapRootfs} {
-		if fi, err := os.Stat(filepath.Join(rec.Dir, f)); err == nil {
-			m.Files[f] = fi.Size()
-		}
-	}
-	return writeJSONFile(filepath.Join(rec.Dir, snapManifest), m)
-}
-
-// writeJSONFile writes v atomically (temp file, fsync, rename).
-func writeJSONFile(path string, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(append(b, '\n')); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return os.Rename(tmp, path)
+	return nil
 }
 
 func snapshotView(rec store.Snapshot) SnapshotView {
@@ -211,11 +180,10 @@ func (r *Runtime) snapshotRecord(op, name string) (store.Snapshot, error) {
 // it are unaffected (they have their own disk and memory).
 func (r *Runtime) DeleteSnapshot(ctx context.Context, name string) error {
 	const op = "delete-snapshot"
-	rec, err := r.snapshotRecord(op, name)
-	if err != nil {
+	if _, err := r.snapshotRecord(op, name); err != nil {
 		return err
 	}
-	if err := os.RemoveAll(rec.Dir); err != nil {
+	if err := r.snaps.Delete(name); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
 		return &Error{Kind: KindUnsupported, Op: op, Snapshot: name, Err: err}
 	}
 	if err := r.st.DeleteSnapshot(name); err != nil {
@@ -286,9 +254,13 @@ func (r *Runtime) restoreSteps(p *createPlan) []step {
 			name: "load",
 			do: func(ctx context.Context) error {
 				dir := r.vmDir(p.entry.rec.Key)
+				prep, err := r.snaps.Prepare(ctx, p.restore.Name, snapshot.PrepareOptions{Dir: dir})
+				if err != nil {
+					return snapErr(p.op, p.id, p.restore.Name, err)
+				}
 				req := vmm.LoadRequest{
-					StatePath:       filepath.Join(p.restore.Dir, snapState),
-					MemPath:         filepath.Join(p.restore.Dir, snapMem),
+					StatePath:       prep.StatePath,
+					MemPath:         prep.MemPath,
 					MemBackend:      vmm.MemFile,
 					Resume:          !p.rspec.Paused,
 					TrackDirtyPages: p.spec.TrackDirtyPages,
@@ -336,6 +308,19 @@ func (r *Runtime) restoreSteps(p *createPlan) []step {
 			return StatusRunning
 		}),
 	)
+}
+
+// snapErr maps the snapshot store's errors to kinds.
+func snapErr(op, vm, name string, err error) error {
+	kind := KindUnsupported
+	var ie *snapshot.IntegrityError
+	switch {
+	case errors.As(err, &ie):
+		kind = KindIntegrity
+	case errors.Is(err, snapshot.ErrNotFound):
+		kind = KindSnapshotNotFound
+	}
+	return &Error{Kind: kind, Op: op, VM: vm, Snapshot: name, Err: err}
 }
 
 // hadNIC reports whether the snapshot's VM had a network interface (the

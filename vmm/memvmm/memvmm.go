@@ -2,7 +2,9 @@ package memvmm
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"os"
 	"sync"
 
 	"github.com/hearth-vm/hearth/vmm"
@@ -32,11 +34,17 @@ type Backend struct {
 	nextPid   int
 	machines  map[int]*Machine
 	snapshots map[string]snapshot
+	nextSnap  int
 }
 
 type snapshot struct {
 	cfg vmm.Config
-	mem string // the memory path recorded with the snapshot
+}
+
+// stateDoc is what a snapshot's state file holds: the key of the machine
+// state kept in the Backend.
+type stateDoc struct {
+	Snapshot string `json:"memvmm_snapshot"`
 }
 
 // New returns an empty backend.
@@ -91,14 +99,6 @@ func (b *Backend) Snapshots() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return len(b.snapshots)
-}
-
-// Forget drops the snapshot recorded at statePath (the runtime deleted
-// its files).
-func (b *Backend) Forget(statePath string) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	delete(b.snapshots, statePath)
 }
 
 // Machine is one in-memory VM.
@@ -181,14 +181,19 @@ func (m *Machine) LoadSnapshot(ctx context.Context, req vmm.LoadRequest) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	b, err := os.ReadFile(req.StatePath)
+	if err != nil {
+		return refuse("load", "read snapshot state: %v", err)
+	}
+	var doc stateDoc
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return refuse("load", "snapshot state %s is not an in-memory backend's: %v", req.StatePath, err)
+	}
 	m.b.mu.Lock()
-	s, ok := m.b.snapshots[req.StatePath]
+	s, ok := m.b.snapshots[doc.Snapshot]
 	m.b.mu.Unlock()
 	if !ok {
-		return refuse("load", "no snapshot at %s", req.StatePath)
-	}
-	if req.MemBackend == vmm.MemFile && req.MemPath != s.mem {
-		return refuse("load", "memory file %s does not belong to snapshot %s", req.MemPath, req.StatePath)
+		return refuse("load", "no snapshot %q in this backend (it lives in memory only)", doc.Snapshot)
 	}
 	to := paused
 	if req.Resume {
@@ -246,9 +251,22 @@ func (m *Machine) Snapshot(ctx context.Context, req vmm.SnapshotRequest) error {
 	if req.StatePath == "" || req.MemPath == "" {
 		return refuse("snapshot", "state and memory paths are required")
 	}
+	// The machine state stays in the Backend; the files name it, so the
+	// runtime's snapshot store can move, hash and verify them like any
+	// backend's.
 	m.b.mu.Lock()
-	m.b.snapshots[req.StatePath] = snapshot{cfg: cfg, mem: req.MemPath}
+	m.b.nextSnap++
+	key := fmt.Sprintf("s%d", m.b.nextSnap)
+	m.b.snapshots[key] = snapshot{cfg: cfg}
 	m.b.mu.Unlock()
+	doc, _ := json.Marshal(stateDoc{Snapshot: key})
+	if err := os.WriteFile(req.StatePath, doc, 0o600); err != nil {
+		return fmt.Errorf("memvmm: write snapshot state: %w", err)
+	}
+	if err := os.WriteFile(req.MemPath, nil, 0o600); err != nil {
+		os.Remove(req.StatePath)
+		return fmt.Errorf("memvmm: write snapshot memory: %w", err)
+	}
 	return nil
 }
 

@@ -3,6 +3,7 @@ package memvmm
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"testing"
 
 	"github.com/hearth-vm/hearth/vmm"
@@ -14,6 +15,8 @@ func cfg() vmm.Config {
 
 func TestMachineRules(t *testing.T) {
 	ctx := context.Background()
+	dir := t.TempDir()
+	sp, mp := filepath.Join(dir, "vmstate"), filepath.Join(dir, "mem")
 	b := New()
 	m, err := b.Launch(ctx, vmm.LaunchSpec{VMID: "a"})
 	if err != nil {
@@ -28,15 +31,15 @@ func TestMachineRules(t *testing.T) {
 		{"bad config", func() error { c := cfg(); c.Drives = nil; return m.Configure(ctx, c) }, false},
 		{"configure", func() error { return m.Configure(ctx, cfg()) }, true},
 		{"configure twice", func() error { return m.Configure(ctx, cfg()) }, false},
-		{"load after configure", func() error { return m.LoadSnapshot(ctx, vmm.LoadRequest{StatePath: "/s"}) }, false},
+		{"load after configure", func() error { return m.LoadSnapshot(ctx, vmm.LoadRequest{StatePath: sp}) }, false},
 		{"pause before start", func() error { return m.Pause(ctx) }, false},
 		{"start", func() error { return m.Start(ctx) }, true},
-		{"snapshot while running", func() error { return m.Snapshot(ctx, vmm.SnapshotRequest{StatePath: "/s", MemPath: "/m"}) }, false},
+		{"snapshot while running", func() error { return m.Snapshot(ctx, vmm.SnapshotRequest{StatePath: sp, MemPath: mp}) }, false},
 		{"pause", func() error { return m.Pause(ctx) }, true},
 		{"diff without tracking", func() error {
-			return m.Snapshot(ctx, vmm.SnapshotRequest{StatePath: "/s", MemPath: "/m", Diff: true})
+			return m.Snapshot(ctx, vmm.SnapshotRequest{StatePath: sp, MemPath: mp, Diff: true})
 		}, false},
-		{"snapshot", func() error { return m.Snapshot(ctx, vmm.SnapshotRequest{StatePath: "/s", MemPath: "/m"}) }, true},
+		{"snapshot", func() error { return m.Snapshot(ctx, vmm.SnapshotRequest{StatePath: sp, MemPath: mp}) }, true},
 		{"resume", func() error { return m.Resume(ctx) }, true},
 	}
 	for _, s := range steps {
@@ -51,14 +54,14 @@ func TestMachineRules(t *testing.T) {
 	}
 	// Restore the snapshot into a new machine, with overrides.
 	c, _ := b.Launch(ctx, vmm.LaunchSpec{VMID: "c"})
-	if err := c.LoadSnapshot(ctx, vmm.LoadRequest{StatePath: "/nope", MemPath: "/m", MemBackend: vmm.MemFile}); err == nil {
+	if err := c.LoadSnapshot(ctx, vmm.LoadRequest{StatePath: filepath.Join(dir, "nope"), MemPath: mp, MemBackend: vmm.MemFile}); err == nil {
 		t.Fatal("load of unknown snapshot accepted")
 	}
-	if err := c.LoadSnapshot(ctx, vmm.LoadRequest{StatePath: "/s", MemPath: "/m", MemBackend: vmm.MemFile,
+	if err := c.LoadSnapshot(ctx, vmm.LoadRequest{StatePath: sp, MemPath: mp, MemBackend: vmm.MemFile,
 		DriveOverrides: []vmm.DriveOverride{{ID: "nodrive", Path: "/x"}}}); err == nil {
 		t.Fatal("override of unknown drive accepted")
 	}
-	if err := c.LoadSnapshot(ctx, vmm.LoadRequest{StatePath: "/s", MemPath: "/m", MemBackend: vmm.MemFile,
+	if err := c.LoadSnapshot(ctx, vmm.LoadRequest{StatePath: sp, MemPath: mp, MemBackend: vmm.MemFile,
 		DriveOverrides: []vmm.DriveOverride{{ID: "rootfs", Path: "/clone"}}}); err != nil {
 		t.Fatal(err)
 	}
