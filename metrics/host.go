@@ -7,11 +7,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 
-	"golang.org/x/sys/unix"
+	"github.com/hearth-vm/hearth/proc"
 )
 
 // Roots of the kernel's pseudo filesystems; tests point them at fakes.
@@ -251,39 +250,10 @@ func parseProcNetDev(b []byte) (map[string]NetStats, error) {
 // is unlocked; if it cannot, it stays locked and the Go runtime discards
 // it when the goroutine ends, so no other goroutine ever runs in netns.
 func readInNetNS(nsPath, path string) ([]byte, error) {
-	type result struct {
-		b   []byte
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("open own netns: %w", err)}
-			return
-		}
-		defer unix.Close(orig)
-		target, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("open netns %s: %w", nsPath, err)}
-			return
-		}
-		err = unix.Setns(target, unix.CLONE_NEWNET)
-		unix.Close(target)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("enter netns %s: %w", nsPath, err)}
-			return
-		}
-		b, err := os.ReadFile(path)
-		if unix.Setns(orig, unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread()
-		}
-		ch <- result{b, err}
-	}()
-	r := <-ch
-	return r.b, r.err
+	var b []byte
+	err := proc.InNetNS(nsPath, func() (err error) {
+		b, err = os.ReadFile(path)
+		return err
+	})
+	return b, err
 }

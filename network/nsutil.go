@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/hearth-vm/hearth/proc"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -93,12 +94,7 @@ func InNS(ns netns.NsHandle, fn func() error) error {
 
 // InNSPath is InNS for a namespace given by path.
 func InNSPath(path string, fn func() error) error {
-	h, err := netns.GetFromPath(path)
-	if err != nil {
-		return fmt.Errorf("open netns %s: %w", path, err)
-	}
-	defer h.Close()
-	return InNS(h, fn)
+	return proc.InNetNS(path, fn)
 }
 
 // setSysctls writes sysctls (keys like "net/ipv4/ip_forward") inside ns.

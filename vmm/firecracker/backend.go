@@ -9,13 +9,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
 
 	"github.com/hearth-vm/hearth/proc"
 	"github.com/hearth-vm/hearth/vmm"
@@ -534,41 +532,12 @@ func startInNetNS(nsPath string, s proc.StartSpec) (*proc.Process, error) {
 	if nsPath == "" {
 		return proc.Start(s)
 	}
-	type result struct {
-		p   *proc.Process
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("open own netns: %w", err)}
-			return
-		}
-		defer unix.Close(orig)
-		target, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("open netns %s: %w", nsPath, err)}
-			return
-		}
-		err = unix.Setns(target, unix.CLONE_NEWNET)
-		unix.Close(target)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("enter netns %s: %w", nsPath, err)}
-			return
-		}
-		p, err := proc.Start(s)
-		if unix.Setns(orig, unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread()
-		}
-		ch <- result{p, err}
-	}()
-	r := <-ch
-	return r.p, r.err
+	var p *proc.Process
+	err := proc.InNetNS(nsPath, func() (err error) {
+		p, err = proc.Start(s)
+		return err
+	})
+	return p, err
 }
 
 // consoleTail returns the last lines of the console file, formatted to be
