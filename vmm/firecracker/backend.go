@@ -14,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-
 	"github.com/hearth-vm/hearth/proc"
 	"github.com/hearth-vm/hearth/vmm"
 )
