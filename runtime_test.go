@@ -888,3 +888,45 @@ func TestImageCatalog(t *testing.T) {
 		t.Fatal("a refused create changed the store")
 	}
 }
+
+func TestSnapshotVerifyAndGC(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	if _, err := f.rt.Create(ctx, "vm", f.spec); err != nil {
+		t.Fatal(err)
+	}
+	f.rt.Start(ctx, "vm")
+	for _, n := range []string{"s1", "s2", "s3"} {
+		if _, err := f.rt.Snapshot(ctx, "vm", n); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond) // distinct creation times
+	}
+	if err := f.rt.VerifySnapshot(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	// Corrupt s1's disk copy: verification names the integrity failure.
+	sv, _ := f.rt.GetSnapshot(ctx, "s1")
+	disk := filepath.Join(sv.Dir, "rootfs.ext4")
+	os.Chmod(disk, 0o600)
+	if err := os.WriteFile(disk, []byte("corrupted rootfs...."), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.rt.VerifySnapshot(ctx, "s1"); !errors.Is(err, ErrIntegrity) {
+		t.Fatalf("verify corrupted: %v", err)
+	}
+	if _, err := f.rt.Restore(ctx, RestoreSpec{Snapshot: "s1", VM: "c"}); err == nil {
+		t.Fatal("restore of a corrupted snapshot succeeded")
+	}
+	removed, err := f.rt.GCSnapshots(ctx, GCPolicy{KeepPerVM: 1})
+	if err != nil || len(removed) != 2 {
+		t.Fatalf("gc: %v %v", removed, err)
+	}
+	snaps, _ := f.rt.Snapshots(ctx)
+	if len(snaps) != 1 || snaps[0].Name != "s3" {
+		t.Fatalf("kept: %+v", snaps)
+	}
+	if _, err := f.rt.GCSnapshots(ctx, GCPolicy{KeepPerVM: -1}); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatal(err)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/hearth-vm/hearth/rootfs/digest"
 	"github.com/hearth-vm/hearth/snapshot"
 	"github.com/hearth-vm/hearth/store"
 	"github.com/hearth-vm/hearth/vmm"
@@ -326,3 +327,44 @@ func snapErr(op, vm, name string, err error) error {
 // hadNIC reports whether the snapshot's VM had a network interface (the
 // clone can only re-point an interface the snapshot has).
 func hadNIC(s *store.Snapshot) bool { return s.HadNIC }
+
+// VerifySnapshot re-hashes every file of a snapshot (and of its parents)
+// against its manifest.
+func (r *Runtime) VerifySnapshot(ctx context.Context, name string) error {
+	const op = "verify-snapshot"
+	if _, err := r.snapshotRecord(op, name); err != nil {
+		return err
+	}
+	if err := r.snaps.Verify(ctx, name, digest.Always); err != nil {
+		return snapErr(op, "", name, err)
+	}
+	return nil
+}
+
+// GCPolicy says which snapshots garbage collection keeps.
+type GCPolicy struct {
+	// KeepPerVM keeps the newest N snapshots of each source VM (0: no limit).
+	KeepPerVM int `json:"keep_per_vm,omitempty"`
+	// MaxBytes caps the disk space of all snapshots; the oldest go first
+	// (0: no limit).
+	MaxBytes int64 `json:"max_bytes,omitempty"`
+}
+
+// GCSnapshots deletes the snapshots the policy does not keep (never the
+// parent of a diff it keeps) and returns their names.
+func (r *Runtime) GCSnapshots(ctx context.Context, p GCPolicy) ([]string, error) {
+	const op = "gc"
+	if p.KeepPerVM < 0 || p.MaxBytes < 0 {
+		return nil, invalidArg(op, "", "keep_per_vm and max_bytes must not be negative")
+	}
+	removed, err := r.snaps.GC(ctx, snapshot.Policy{KeepPerVM: p.KeepPerVM, MaxBytes: p.MaxBytes})
+	for _, name := range removed {
+		if derr := r.st.DeleteSnapshot(name); derr != nil {
+			err = errors.Join(err, derr)
+		}
+	}
+	if err != nil {
+		return removed, newErr(KindUnsupported, op, "", err)
+	}
+	return removed, nil
+}

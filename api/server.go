@@ -45,6 +45,8 @@ type Runtime interface {
 	Snapshots(ctx context.Context) ([]hearth.SnapshotView, error)
 	GetSnapshot(ctx context.Context, name string) (hearth.SnapshotView, error)
 	DeleteSnapshot(ctx context.Context, name string) error
+	VerifySnapshot(ctx context.Context, name string) error
+	GCSnapshots(ctx context.Context, p hearth.GCPolicy) ([]string, error)
 	Stats(ctx context.Context, id string) (metrics.Stats, error)
 	Agent(ctx context.Context, id string) (*agent.Client, error)
 	Exec(ctx context.Context, id string, cmd *agent.Cmd) (*agent.ExitStatus, error)
@@ -152,6 +154,10 @@ func NewServer(rt Runtime, o Options) *Server {
 	s.handle("GET /v1/snapshots/{name}", s.getSnapshot)
 	s.handle("DELETE /v1/snapshots/{name}", s.deleteSnapshot)
 	s.handle("POST /v1/snapshots/{name}/restore", s.restore)
+	s.handle("POST /v1/snapshots/{name}/verify", s.verifySnapshot)
+	s.handle("POST /v1/snapshots/gc", s.gcSnapshots)
+	s.handle("PUT /v1/vms/{id}/files", s.putFile)
+	s.handle("GET /v1/vms/{id}/files", s.getFile)
 	s.handle("GET /v1/vms/{id}/console", s.console)
 	s.handle("GET /v1/vms/{id}/stats", s.stats)
 	s.handle("POST /v1/vms/{id}/exec", s.exec)

@@ -209,6 +209,11 @@ func TestErrorsOverSocket(t *testing.T) {
 		{"exec in a VM without agent", "POST", "/v1/vms/vm1/exec", `{"args":["true"]}`, 500, hearth.KindGuestMetadata},
 		{"egress without network", "PUT", "/v1/vms/vm1/egress", `{"allow":["tcp:10.0.0.0/8:443"]}`, 500, hearth.KindNetworkConfig},
 		{"bad egress rule", "PUT", "/v1/vms/vm1/egress", `{"allow":["tcp:bogus"]}`, 400, hearth.KindInvalidArgument},
+		{"verify unknown snapshot", "POST", "/v1/snapshots/nope/verify", "", 404, hearth.KindSnapshotNotFound},
+		{"gc negative", "POST", "/v1/snapshots/gc", `{"keep_per_vm":-1}`, 400, hearth.KindInvalidArgument},
+		{"gc unknown field", "POST", "/v1/snapshots/gc", `{"keep":1}`, 400, hearth.KindInvalidArgument},
+		{"file of unknown vm", "GET", "/v1/vms/nope/files?path=/etc/hostname", "", 404, hearth.KindVMNotFound},
+		{"file of a VM without agent", "PUT", "/v1/vms/vm1/files?path=/x", "data", 500, hearth.KindGuestMetadata},
 		{"console of unknown vm", "GET", "/v1/vms/nope/console", "", 404, hearth.KindVMNotFound},
 		{"bad tail", "GET", "/v1/vms/vm1/console?tail=-1", "", 400, hearth.KindInvalidArgument},
 	}
@@ -265,6 +270,10 @@ func (f errRuntime) GetSnapshot(context.Context, string) (hearth.SnapshotView, e
 	return hearth.SnapshotView{}, f.err
 }
 func (f errRuntime) DeleteSnapshot(context.Context, string) error { return f.err }
+func (f errRuntime) VerifySnapshot(context.Context, string) error { return f.err }
+func (f errRuntime) GCSnapshots(context.Context, hearth.GCPolicy) ([]string, error) {
+	return nil, f.err
+}
 func (f errRuntime) Stats(context.Context, string) (metrics.Stats, error) {
 	return metrics.Stats{}, f.err
 }

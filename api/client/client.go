@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 
 	"github.com/hearth-vm/hearth"
@@ -360,4 +361,68 @@ func (c *Client) Exec(ctx context.Context, id string, req api.ExecRequest, stdou
 			return &st, nil
 		}
 	}
+}
+
+// VerifySnapshot re-hashes a snapshot's files against its manifest.
+func (c *Client) VerifySnapshot(ctx context.Context, name string) error {
+	return c.do(ctx, "POST", "/v1/snapshots/"+esc(name)+"/verify", nil, nil)
+}
+
+// GCSnapshots deletes the snapshots the policy does not keep.
+func (c *Client) GCSnapshots(ctx context.Context, p hearth.GCPolicy) ([]string, error) {
+	var out api.GCResult
+	err := c.do(ctx, "POST", "/v1/snapshots/gc", p, &out)
+	return out.Removed, err
+}
+
+// PutFile writes r (size bytes, or -1 if unknown) to path in the VM.
+func (c *Client) PutFile(ctx context.Context, id, path string, r io.Reader, size int64, perm os.FileMode) (*agent.FileInfo, error) {
+	q := url.Values{"path": {path}, "perm": {fmt.Sprintf("%o", perm.Perm())}}
+	req, err := http.NewRequestWithContext(ctx, "PUT", c.base+"/v1/vms/"+esc(id)+"/files?"+q.Encode(), r)
+	if err != nil {
+		return nil, err
+	}
+	if size >= 0 {
+		req.ContentLength = size
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, &hearth.Error{Kind: hearth.KindStatePoisoned, Op: "put-file", Err: fmt.Errorf("daemon unreachable: %w", err)}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, decodeError(resp)
+	}
+	var fi agent.FileInfo
+	if err := json.NewDecoder(resp.Body).Decode(&fi); err != nil {
+		return nil, err
+	}
+	return &fi, nil
+}
+
+// GetFile copies the file at path in the VM to w.
+func (c *Client) GetFile(ctx context.Context, id, path string, w io.Writer) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", c.base+"/v1/vms/"+esc(id)+"/files?"+url.Values{"path": {path}}.Encode(), nil)
+	if err != nil {
+		return 0, err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, &hearth.Error{Kind: hearth.KindStatePoisoned, Op: "get-file", Err: fmt.Errorf("daemon unreachable: %w", err)}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, decodeError(resp)
+	}
+	n, err := io.Copy(w, resp.Body)
+	if err == nil && resp.ContentLength >= 0 && n != resp.ContentLength {
+		err = fmt.Errorf("file truncated: %d of %d bytes", n, resp.ContentLength)
+	}
+	return n, err
 }

@@ -186,6 +186,10 @@ func TestDaemonAndCLI(t *testing.T) {
 	}
 	c.ok("stop", "vm1")
 	c.ok("rm", "vm1", "tenant1")
+	c.ok("snapshot", "verify", "warm")
+	if out := c.ok("gc", "--keep-per-vm", "1"); strings.TrimSpace(out) != "" {
+		t.Fatalf("gc removed %q with one snapshot", out)
+	}
 	c.ok("snapshot", "rm", "warm")
 	if out := c.ok("ps", "-a"); strings.Contains(out, "vm1") {
 		t.Fatalf("left after rm: %s", out)
@@ -293,5 +297,22 @@ func TestDaemonExecOnSimulator(t *testing.T) {
 	if out, code := c.run("exec", "nope", "--", "true"); code != 3 {
 		t.Fatalf("exec in unknown VM: exit %d %s", code, out)
 	}
+	// Files in and out.
+	in := filepath.Join(dir, "in.txt")
+	os.WriteFile(in, []byte("payload\n"), 0o640)
+	// The simulator's guest is a host process: its "/" is the host's,
+	// so the guest path stays inside the test's directory.
+	guestPath := "box:" + filepath.Join(dir, "guest-payload.txt")
+	c.ok("cp", in, guestPath)
+	out := filepath.Join(dir, "out.txt")
+	c.ok("cp", guestPath, out)
+	if b, _ := os.ReadFile(out); string(b) != "payload\n" {
+		t.Fatalf("round trip: %q", b)
+	}
+	if _, code := c.run("cp", in, out); code != 2 {
+		t.Fatalf("cp without a VM side: exit %d", code)
+	}
+	c.ok("snapshot", "create", "box", "s1")
+	c.ok("snapshot", "verify", "s1")
 	c.ok("rm", "box")
 }

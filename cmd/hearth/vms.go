@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -76,7 +78,7 @@ func lifecycleCmds(g *globals) []*cobra.Command {
 		vmVerb(g, "resume", "Resume paused VMs", "Continue paused VMs.", (*client.Client).Resume),
 		vmVerb(g, "stop", "Shut VMs down", "Ask each guest to power off, then signal its VMM after the stop timeout. Disk and resources stay; start boots it again.", (*client.Client).Stop),
 		rmCmd(g), renameCmd(g), snapshotCmd(g), restoreCmd(g), eventsCmd(g), logsCmd(g), statsCmd(g),
-		execCmd(g), egressCmd(g),
+		execCmd(g), egressCmd(g), cpCmd(g), gcCmd(g),
 	}
 }
 
@@ -286,7 +288,27 @@ func snapshotCmd(g *globals) *cobra.Command {
 			return errors.Join(errs...)
 		},
 	}
-	cmd.AddCommand(create, ls, rm)
+	verify := &cobra.Command{
+		Use:   "verify NAME...",
+		Short: "Re-hash snapshots' files against their manifests",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := daemon(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, n := range args {
+				if err := c.VerifySnapshot(cmd.Context(), n); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s ok\n", n)
+			}
+			return errors.Join(errs...)
+		},
+	}
+	cmd.AddCommand(create, ls, rm, verify)
 	return cmd
 }
 
@@ -512,5 +534,109 @@ func egressCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringArrayVar(&allow, "allow", nil, "egress rule proto:cidr[:ports] (repeatable)")
 	cmd.Flags().StringArrayVar(&dns, "dns", nil, "resolver the VM may query (repeatable)")
+	return cmd
+}
+
+// splitRemote parses "VM:PATH"; a plain host path has no VM.
+func splitRemote(s string) (vm, path string) {
+	if i := strings.IndexByte(s, ':'); i > 0 && !strings.ContainsRune(s[:i], '/') {
+		return s[:i], s[i+1:]
+	}
+	return "", s
+}
+
+func cpCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "cp SRC DST",
+		Short: "Copy a file into or out of a VM",
+		Long: `Copy a file between the host and a running VM through its guest agent.
+One side is VM:PATH (an absolute path in the guest), the other a host path or
+"-" for standard input or output. Files go in atomically and keep the host
+file's permission bits.`,
+		Example: `  hearth cp ./job.py sandbox-1:/work/job.py
+  hearth cp sandbox-1:/work/out.json ./out.json`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			srcVM, src := splitRemote(args[0])
+			dstVM, dst := splitRemote(args[1])
+			bad := func(f string, a ...any) error {
+				return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "cp", Err: fmt.Errorf(f, a...)}
+			}
+			if (srcVM == "") == (dstVM == "") {
+				return bad("exactly one side must be VM:PATH")
+			}
+			c, err := daemon(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			if dstVM != "" {
+				in, size, perm := io.Reader(cmd.InOrStdin()), int64(-1), os.FileMode(0o644)
+				if src != "-" {
+					f, err := os.Open(src)
+					if err != nil {
+						return bad("%v", err)
+					}
+					defer f.Close()
+					fi, err := f.Stat()
+					if err != nil {
+						return bad("%v", err)
+					}
+					in, size, perm = f, fi.Size(), fi.Mode().Perm()
+				}
+				_, err := c.PutFile(cmd.Context(), dstVM, dst, in, size, perm)
+				return err
+			}
+			if dst == "-" {
+				_, err := c.GetFile(cmd.Context(), srcVM, src, cmd.OutOrStdout())
+				return err
+			}
+			// Into a temporary file renamed into place: a failed copy
+			// leaves no half-written file behind.
+			tmp, err := os.CreateTemp(filepath.Dir(dst), ".hearth-cp-*")
+			if err != nil {
+				return bad("%v", err)
+			}
+			defer os.Remove(tmp.Name())
+			if _, err := c.GetFile(cmd.Context(), srcVM, src, tmp); err != nil {
+				tmp.Close()
+				return err
+			}
+			if err := tmp.Close(); err != nil {
+				return err
+			}
+			return os.Rename(tmp.Name(), dst)
+		},
+	}
+}
+
+func gcCmd(g *globals) *cobra.Command {
+	var p hearth.GCPolicy
+	cmd := &cobra.Command{
+		Use:     "gc",
+		Short:   "Delete old snapshots",
+		Long:    "Delete the snapshots a policy does not keep: the newest --keep-per-vm of each source VM and, oldest first, whatever exceeds --max-bytes. A snapshot a kept diff depends on is never deleted.",
+		Example: "  hearth gc --keep-per-vm 3 --max-bytes 50000000000",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if p.KeepPerVM == 0 && p.MaxBytes == 0 {
+				return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "gc", Err: errors.New("give --keep-per-vm and/or --max-bytes")}
+			}
+			c, err := daemon(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			removed, err := c.GCSnapshots(cmd.Context(), p)
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), removed, func(w io.Writer) {
+				for _, n := range removed {
+					fmt.Fprintln(w, n)
+				}
+			})
+		},
+	}
+	cmd.Flags().IntVar(&p.KeepPerVM, "keep-per-vm", 0, "snapshots to keep per source VM")
+	cmd.Flags().Int64Var(&p.MaxBytes, "max-bytes", 0, "disk space all snapshots may use")
 	return cmd
 }
