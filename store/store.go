@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hearth-vm/hearth/vmm"
@@ -91,9 +92,10 @@ type Snapshot struct {
 // Store is an open state store. Its methods are safe for concurrent use;
 // each is one bbolt transaction.
 type Store struct {
-	db   *bolt.DB
-	lock *os.File
-	dir  string
+	db      *bolt.DB
+	lock    *os.File
+	dir     string
+	writers atomic.Int32 // writes in flight, to choose Update or Batch
 }
 
 // Open opens (creating if needed) the store in dir and locks dir.
@@ -168,11 +170,17 @@ func (s *Store) init() error {
 	})
 }
 
-// update runs fn in a write transaction. Concurrent callers are
-// coalesced into one transaction and one fsync (bbolt's Batch), so many
-// VMs created at once do not queue behind each other's disk syncs; fn may
-// run more than once and must only touch the transaction.
+// update runs fn in a write transaction. A lone writer commits at once;
+// writers that overlap are coalesced into one transaction and one fsync
+// (bbolt's Batch), so many VMs created at once do not queue behind each
+// other's disk syncs, while a single create does not pay Batch's timer.
+// fn may run more than once and must only touch the transaction.
 func (s *Store) update(fn func(tx *bolt.Tx) error) error {
+	if s.writers.Add(1) == 1 {
+		defer s.writers.Add(-1)
+		return s.db.Update(fn)
+	}
+	defer s.writers.Add(-1)
 	return s.db.Batch(fn)
 }
 
