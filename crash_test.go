@@ -27,6 +27,7 @@ const (
 	envCrashStep  = "HEARTH_TEST_CRASH_STEP"
 	envCrashState = "HEARTH_TEST_CRASH_STATE"
 	envCrashSim   = "HEARTH_TEST_CRASH_SIM"
+	envCrashOp    = "HEARTH_TEST_CRASH_OP"
 )
 
 // TestCrashChild is the process that dies; it only runs when re-executed
@@ -37,23 +38,44 @@ func TestCrashChild(t *testing.T) {
 		t.Skip("helper process for TestCrashConsistency")
 	}
 	rt := openCrashRuntime(t, os.Getenv(envCrashState), os.Getenv(envCrashSim))
-	rt.inject = func(name string) error {
+	ctx := context.Background()
+	crash := func(name string) error {
 		if name == step {
 			os.Exit(137) // no deferred cleanup, no Close: a crash
 		}
 		return nil
 	}
-	spec := crashSpec(os.Getenv(envCrashState))
-	if _, err := rt.Create(context.Background(), "v", spec); err != nil {
+	spec := crashSpec(os.Getenv(envCrashState), os.Getenv(envCrashOp) != "restore")
+	if os.Getenv(envCrashOp) == "restore" {
+		// A running VM and its snapshot, then a restore that dies.
+		if _, err := rt.Create(ctx, "src", spec); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rt.Start(ctx, "src"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rt.Snapshot(ctx, "src", "s"); err != nil {
+			t.Fatal(err)
+		}
+		rt.inject = crash
+		if _, err := rt.Restore(ctx, RestoreSpec{Snapshot: "s", VM: "v", Paused: true}); err != nil {
+			t.Fatal(err)
+		}
+		os.Exit(0)
+	}
+	rt.inject = crash
+	if _, err := rt.Create(ctx, "v", spec); err != nil {
 		t.Fatal(err)
 	}
 	os.Exit(0) // completed; still no Close
 }
 
-func crashSpec(state string) Spec {
+// crashSpec is the VM of the test; with agent it also holds a vsock CID
+// (an allocation that must not leak). Restores use no agent: a clone's
+// agent would have to answer, and the simulator runs none here.
+func crashSpec(state string, agent bool) Spec {
 	dir := filepath.Dir(state)
-	on := true
-	return Spec{Kernel: filepath.Join(dir, "vmlinux"), Rootfs: filepath.Join(dir, "rootfs.ext4"), MemoryMiB: 32, Agent: &on}
+	return Spec{Kernel: filepath.Join(dir, "vmlinux"), Rootfs: filepath.Join(dir, "rootfs.ext4"), MemoryMiB: 32, Agent: &agent}
 }
 
 func openCrashRuntime(t *testing.T, state, sim string) *Runtime {
@@ -87,12 +109,20 @@ func TestCrashConsistency(t *testing.T) {
 	os.WriteFile(filepath.Join(work, "vmlinux"), []byte("k"), 0o600)
 	os.WriteFile(filepath.Join(work, "rootfs.ext4"), make([]byte, 1<<20), 0o600)
 
-	steps := append(stepNames((&Runtime{}).createSteps(&createPlan{})), "none")
-	for i, step := range steps {
-		t.Run(step, func(t *testing.T) {
+	type run struct{ op, step string }
+	var runs []run
+	for _, s := range append(stepNames((&Runtime{}).createSteps(&createPlan{})), "none") {
+		runs = append(runs, run{"create", s})
+	}
+	for _, s := range append(stepNames((&Runtime{}).restoreSteps(&createPlan{})), "none") {
+		runs = append(runs, run{"restore", s})
+	}
+	for i, rn := range runs {
+		step := rn.step
+		t.Run(rn.op+"/"+step, func(t *testing.T) {
 			state := filepath.Join(work, fmt.Sprintf("s%d", i))
 			child := exec.Command(os.Args[0], "-test.run", "^TestCrashChild$", "-test.count=1")
-			child.Env = append(os.Environ(), envCrashStep+"="+step, envCrashState+"="+state, envCrashSim+"="+sim)
+			child.Env = append(os.Environ(), envCrashStep+"="+step, envCrashState+"="+state, envCrashSim+"="+sim, envCrashOp+"="+rn.op)
 			out, err := child.CombinedOutput()
 			var ee *exec.ExitError
 			code := 0
@@ -117,6 +147,17 @@ func TestCrashConsistency(t *testing.T) {
 				t.Fatalf("crash before %q: VM present = %v (report %+v)", step, gerr == nil, rt.Reconciled())
 			}
 			switch {
+			case gerr == nil && rn.op == "restore":
+				// Present: the paused clone resumes.
+				if v.Status != StatusPaused {
+					t.Fatalf("after restart: %s", v.Status)
+				}
+				if _, err := rt.Resume(ctx, "v"); err != nil {
+					t.Fatalf("resume the surviving clone: %v", err)
+				}
+				if err := rt.Destroy(ctx, "v"); err != nil {
+					t.Fatal(err)
+				}
 			case gerr == nil:
 				// Present: it must work.
 				if v.Status != StatusCreated {
@@ -132,6 +173,19 @@ func TestCrashConsistency(t *testing.T) {
 				// Gone: nothing of it may remain.
 			default:
 				t.Fatal(gerr)
+			}
+			if rn.op == "restore" {
+				// The source survived the crash, running, and its snapshot
+				// is intact.
+				if sv, err := rt.Get(ctx, "src"); err != nil || sv.Status != StatusRunning {
+					t.Fatalf("source after restart: %+v %v", sv, err)
+				}
+				if err := rt.VerifySnapshot(ctx, "s"); err != nil {
+					t.Fatal(err)
+				}
+				if err := rt.Destroy(ctx, "src"); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if ents, _ := os.ReadDir(filepath.Join(state, "vms")); len(ents) != 0 {
 				t.Fatalf("dirs left: %v (report %+v)", ents, rt.Reconciled())
