@@ -3,6 +3,7 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -213,6 +214,10 @@ func (b *Backend) AdoptMachine(ctx context.Context, h vmm.Handle) (*Machine, err
 	m.qmpPath = h.Control
 	m.handle = h
 	m.handle.Extra = cloneMap(h.Extra)
+	var cfg vmm.Config
+	if json.Unmarshal([]byte(h.Extra[ExtraConfig]), &cfg) == nil && cfg.Vsock != nil {
+		m.agentPath = cfg.Vsock.UDSPath
+	}
 	rctx, cancel := context.WithTimeout(ctx, b.opts.ReadyTimeout)
 	defer cancel()
 	c, err := dialQMP(rctx, h.Control, m.onEvent)

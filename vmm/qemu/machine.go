@@ -26,6 +26,7 @@ type Machine struct {
 	qmpPath string
 
 	mu            sync.Mutex
+	agentPath     string // the agent socket QEMU serves, removed when it exits
 	handle        vmm.Handle
 	p             *proc.Process
 	qmp           *qmpClient
@@ -105,6 +106,12 @@ func (m *Machine) started(p *proc.Process, c *qmpClient) {
 		c.Close()
 		// QEMU removes its sockets only on a clean exit.
 		os.Remove(m.qmpPath)
+		m.mu.Lock()
+		agent := m.agentPath
+		m.mu.Unlock()
+		if agent != "" {
+			os.Remove(agent)
+		}
 		if expected {
 			m.log.Info("qemu exited", "status", e.String())
 		} else {
@@ -202,6 +209,9 @@ func (m *Machine) boot(ctx context.Context, cfg vmm.Config, incoming bool) (err 
 	m.handle.Extra[ExtraConfig] = string(cfgJSON)
 	m.handle.Extra[ExtraAccel] = spec.Accel
 	m.handle.Extra[ExtraMachine] = m.b.opts.Machine
+	if cfg.Vsock != nil {
+		m.agentPath = cfg.Vsock.UDSPath
+	}
 	m.mu.Unlock()
 	if dead {
 		c.Close()

@@ -206,7 +206,7 @@ func TestRealLifecycleSnapshotRestore(t *testing.T) {
 	if st := c.ExitStatus(); !st.Exited || !st.Expected {
 		t.Errorf("clone exit status %+v", st)
 	}
-	assertGone(t, c, ch)
+	assertGone(t, c, ch, load.VsockUDSPath)
 
 	if err := m.Kill(); err != nil {
 		t.Fatal(err)
@@ -217,7 +217,7 @@ func TestRealLifecycleSnapshotRestore(t *testing.T) {
 	if st := m.ExitStatus(); !st.Exited || !st.Expected || st.Signal != "SIGKILL" {
 		t.Errorf("exit status %+v", st)
 	}
-	assertGone(t, m, h)
+	assertGone(t, m, h, cfg.Vsock.UDSPath)
 }
 
 func TestRealAdopt(t *testing.T) {
@@ -348,4 +348,64 @@ func TestNewOptions(t *testing.T) {
 	if _, err := b.Launch(context.Background(), vmm.LaunchSpec{VMID: "x", Dir: t.TempDir(), Jail: &vmm.Jail{}}); !errors.Is(err, errors.ErrUnsupported) {
 		t.Errorf("jailed launch: %v, want unsupported", err)
 	}
+}
+
+// guestKernel returns a PVH-bootable vmlinux (and its initrd, if any) from
+// $HEARTH_TEST_VMLINUX or the default image of the state dir.
+func guestKernel(t *testing.T) (kernel, initrd string) {
+	t.Helper()
+	kernel = os.Getenv("HEARTH_TEST_VMLINUX")
+	if kernel == "" {
+		state := os.Getenv("HEARTH_STATE_DIR")
+		if state == "" {
+			state = "/var/lib/hearth"
+		}
+		kernel = filepath.Join(state, "images", "default", "vmlinux")
+	}
+	if _, err := os.Stat(kernel); err != nil {
+		t.Skipf("no guest kernel at %s (run hearth image build default or set HEARTH_TEST_VMLINUX): %v", kernel, err)
+	}
+	if i := filepath.Join(filepath.Dir(kernel), "initrd"); fileExists(i) {
+		initrd = i
+	}
+	return kernel, initrd
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// TestRealKernelBoots boots a real guest kernel through Configure and
+// checks its console reaches the console file. It skips without an image.
+func TestRealKernelBoots(t *testing.T) {
+	b := needQEMU(t)
+	kernel, initrd := guestKernel(t)
+	ctx := context.Background()
+	m, dir := launch(t, b, "kernel")
+	cfg := vmm.Config{
+		VCPUs: 1, MemoryMiB: 256, Kernel: kernel, Initrd: initrd,
+		BootArgs: "console=ttyS0 panic=-1 reboot=k no_timer_check",
+		Vsock:    &vmm.Vsock{UDSPath: filepath.Join(dir, "agent.sock")},
+	}
+	if err := m.Configure(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	console := filepath.Join(dir, "console.log")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, _ := os.ReadFile(console)
+		if strings.Contains(string(b), "Linux version") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no kernel banner on the console within 30 s; console: %q", b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	h := m.Handle()
+	if _, err := m.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, m, h, cfg.Vsock.UDSPath)
 }
