@@ -188,25 +188,45 @@ func (c *qmpClient) Execute(ctx context.Context, cmd string, args, result any) e
 	}
 	select {
 	case rep := <-ch:
-		if rep.err != nil {
-			var qe *QMPError
-			if errors.As(rep.err, &qe) {
-				return &vmm.RequestError{Method: "QMP", Path: cmd, Status: 400, Body: qe.Error()}
-			}
-			return fmt.Errorf("qmp %s: %w", cmd, rep.err)
+		return c.finish(cmd, rep, result)
+	case <-c.done:
+		// The reader ended; a reply it delivered first still counts.
+		select {
+		case rep := <-ch:
+			return c.finish(cmd, rep, result)
+		default:
 		}
-		if result != nil {
-			if err := json.Unmarshal(rep.ret, result); err != nil {
-				return fmt.Errorf("qmp %s: decode return: %w", cmd, err)
-			}
+		c.mu.Lock()
+		err := c.readErr
+		c.pending = nil
+		c.mu.Unlock()
+		if err == nil {
+			err = ErrQMPClosed
 		}
-		return nil
+		return fmt.Errorf("qmp %s: %w", cmd, err)
 	case <-ctx.Done():
 		// The reply may still arrive; the connection is no longer in a
 		// known state for the next command, so it is closed.
 		c.Close()
 		return fmt.Errorf("qmp %s: %w", cmd, ctx.Err())
 	}
+}
+
+// finish turns a reply into Execute's result.
+func (c *qmpClient) finish(cmd string, rep qmpReply, result any) error {
+	if rep.err != nil {
+		var qe *QMPError
+		if errors.As(rep.err, &qe) {
+			return &vmm.RequestError{Method: "QMP", Path: cmd, Status: 400, Body: qe.Error()}
+		}
+		return fmt.Errorf("qmp %s: %w", cmd, rep.err)
+	}
+	if result != nil {
+		if err := json.Unmarshal(rep.ret, result); err != nil {
+			return fmt.Errorf("qmp %s: decode return: %w", cmd, err)
+		}
+	}
+	return nil
 }
 
 // Close closes the connection and waits for the reader to end.
