@@ -2,12 +2,13 @@
 GO ?= go
 BIN ?= bin
 
-.PHONY: all build test lint demo bench clean
+.PHONY: all build test lint demo run bench clean
 
 all: lint test build
 
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -o $(BIN)/ ./cmd/hearth ./cmd/hearth-fcsim
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/hearth-agent ./cmd/hearth-agent
 
 test:
 	$(GO) test -race -count=1 ./...
@@ -17,7 +18,16 @@ lint:
 	$(GO) vet ./...
 	staticcheck ./...
 
-# The main job until a VM can boot: the whole lifecycle on the in-memory backend.
+# The main job: boot the default image (built from Debian packages, cached)
+# on QEMU (Firecracker when installed) and run a command in it.
+CMD ?= uname -a
+run: build
+	@command -v qemu-system-x86_64 >/dev/null 2>&1 && command -v mkfs.ext4 >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 e2fsprogs)
+	$(BIN)/hearth image build default --agent $(BIN)/hearth-agent
+	$(BIN)/hearth run -- $(CMD)
+
+# The whole lifecycle on the in-memory backend (no guest, any machine).
 demo:
 	$(GO) run ./cmd/hearth demo
 

@@ -30,10 +30,15 @@ func newToken() string {
 // token at boot.
 func agentBootArgs(token string) string { return "hearth.token=" + token }
 
-// agentDialer reaches the agent of the VM with directory key through its
-// hybrid-vsock socket (Firecracker; the in-memory backend has none).
-func (r *Runtime) agentDialer(key string) agent.Dialer {
-	return &vsock.HybridDialer{Path: filepath.Join(r.vmDir(key), cidFileNm), Port: agent.DefaultPort, Logger: r.log}
+// agentDialer reaches the agent of the VM with directory key: through
+// Firecracker's hybrid-vsock socket, or QEMU's virtio-serial chardev
+// socket (both live at the same path in the VM's directory).
+func (r *Runtime) agentDialer(key, backend string) agent.Dialer {
+	path := filepath.Join(r.vmDir(key), cidFileNm)
+	if backend == "qemu" {
+		return &vsock.UnixDialer{Path: path, Logger: r.log}
+	}
+	return &vsock.HybridDialer{Path: path, Port: agent.DefaultPort, Logger: r.log}
 }
 
 // Agent returns a client for the VM's guest agent. The client is shared
@@ -63,7 +68,7 @@ func (r *Runtime) Agent(ctx context.Context, id string) (*agent.Client, error) {
 		if e.agent != nil {
 			e.agent.Close()
 		}
-		e.agent = agent.New(r.agentDialer(rec.Key), rec.AgentToken, agent.WithLogger(r.log))
+		e.agent = agent.New(r.agentDialer(rec.Key, rec.Backend), rec.AgentToken, agent.WithLogger(r.log))
 		e.agentToken = rec.AgentToken
 	}
 	return e.agent, nil
@@ -89,7 +94,7 @@ func (r *Runtime) Exec(ctx context.Context, id string, cmd *agent.Cmd) (*agent.E
 func (r *Runtime) rotateAgent(ctx context.Context, op string, e *vmEntry, oldToken string) error {
 	ctx, cancel := context.WithTimeout(ctx, AgentReadyTimeout)
 	defer cancel()
-	c := agent.New(r.agentDialer(e.rec.Key), oldToken, agent.WithLogger(r.log))
+	c := agent.New(r.agentDialer(e.rec.Key, e.rec.Backend), oldToken, agent.WithLogger(r.log))
 	defer c.Close()
 	fresh := newToken()
 	if err := c.AfterRestore(ctx, fresh); err != nil {

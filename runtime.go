@@ -89,8 +89,9 @@ type Image struct {
 }
 
 // DefaultBootArgs are the kernel arguments when neither the Spec nor the
-// runtime defaults give any: serial console, exit on reboot and panic.
-const DefaultBootArgs = "console=ttyS0 reboot=k panic=1 pci=off"
+// runtime defaults give any: serial console, exit on reboot and panic, and
+// the root drive (the first virtio disk) for the image's initramfs.
+const DefaultBootArgs = "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda"
 
 // Event is a lifecycle event.
 type Event struct {

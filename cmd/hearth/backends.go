@@ -13,6 +13,7 @@ import (
 	"github.com/hearth-vm/hearth/vmm"
 	"github.com/hearth-vm/hearth/vmm/firecracker"
 	"github.com/hearth-vm/hearth/vmm/memvmm"
+	"github.com/hearth-vm/hearth/vmm/qemu"
 	"github.com/spf13/pflag"
 )
 
@@ -23,13 +24,17 @@ type backendFlags struct {
 	firecrackerBin string
 	jailerBin      string
 	useJailer      bool
+	qemuBin        string
+	accel          string
 	netMode        string
 	egressIface    string
 	firewall       string
 }
 
 func (f *backendFlags) register(fs *pflag.FlagSet, def string) {
-	fs.StringVar(&f.backend, "backend", def, "VMM backend: auto, firecracker, mem (auto picks firecracker when its binary is found)")
+	fs.StringVar(&f.backend, "backend", def, "VMM backend: auto, firecracker, qemu, mem (auto: firecracker when found, else qemu)")
+	fs.StringVar(&f.qemuBin, "qemu-bin", "qemu-system-x86_64", "QEMU binary (name in PATH or path)")
+	fs.StringVar(&f.accel, "accel", "tcg", "QEMU accelerator: tcg, kvm or auto")
 	fs.StringVar(&f.firecrackerBin, "firecracker-bin", "firecracker", "Firecracker binary (name in PATH or path)")
 	fs.StringVar(&f.jailerBin, "jailer-bin", "", "jailer binary; set to run VMMs under the jailer")
 	fs.BoolVar(&f.useJailer, "jailer", false, "refuse to run a VMM without the jailer")
@@ -84,6 +89,7 @@ func (f *backendFlags) build(log *slog.Logger) ([]vmm.Backend, string, error) {
 		}
 		return []vmm.Backend{b}, b.Name(), nil
 	case "auto":
+		// Firecracker when installed, else QEMU (DESIGN §1).
 		b, err := newFC()
 		if err == nil {
 			return []vmm.Backend{b}, b.Name(), nil
@@ -91,10 +97,18 @@ func (f *backendFlags) build(log *slog.Logger) ([]vmm.Backend, string, error) {
 		if !errors.Is(err, exec.ErrNotFound) {
 			return nil, "", bad(err)
 		}
+		q, qerr := qemu.New(qemu.Options{Binary: f.qemuBin, Accel: f.accel, Logger: log})
+		if qerr == nil {
+			return []vmm.Backend{q}, q.Name(), nil
+		}
 		return nil, "", &hearth.Error{Kind: hearth.KindUnsupported, Op: "backend",
-			Err: fmt.Errorf("no VMM found: %v; install Firecracker, pass --firecracker-bin, or use --backend mem", err)}
+			Err: fmt.Errorf("no VMM found: %v; %v; install Firecracker or QEMU, or use --backend mem", err, qerr)}
 	case "qemu":
-		return nil, "", &hearth.Error{Kind: hearth.KindUnsupported, Op: "backend", Err: errors.New("the qemu backend is not part of this build yet")}
+		q, err := qemu.New(qemu.Options{Binary: f.qemuBin, Accel: f.accel, Logger: log})
+		if err != nil {
+			return nil, "", bad(err)
+		}
+		return []vmm.Backend{q}, q.Name(), nil
 	}
-	return nil, "", bad(fmt.Errorf("unknown backend %q (want auto, firecracker, mem)", f.backend))
+	return nil, "", bad(fmt.Errorf("unknown backend %q (want auto, firecracker, qemu, mem)", f.backend))
 }
