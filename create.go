@@ -365,7 +365,7 @@ func (r *Runtime) machineConfig(e *vmEntry, spec Spec, files Image) vmm.Config {
 		TrackDirtyPages: spec.TrackDirtyPages,
 		Kernel:          files.Kernel,
 		Initrd:          files.Initrd,
-		BootArgs:        bootArgs(spec, e.rec.AgentToken),
+		BootArgs:        bootArgs(spec, e.rec.AgentToken) + " hearth.hostname=" + e.rec.ID,
 		Drives:          []vmm.Drive{{ID: "rootfs", Path: rootfs, Root: true, ReadOnly: spec.RootfsReadOnly}},
 	}
 	for _, d := range spec.Drives {
