@@ -55,7 +55,15 @@ func agentBinary(t *testing.T) string {
 func withGuestAgent(t *testing.T) {
 	t.Helper()
 	bin := agentBinary(t)
-	script := `d="$HEARTH_FCSIM_GUEST_VSOCK_DIR"; mkdir -p "$d.state"; printf '%s' "$HEARTH_FCSIM_BOOT_ARGS" > "$d.state/cmdline"; ` +
+	// The agent's own files live outside the VM's directory: the guest is
+	// a host process that can outlive its VMM for a moment and must not
+	// write into a directory destroy is removing.
+	stateRoot, err := os.MkdirTemp("", "hagent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(stateRoot) })
+	script := `d="` + stateRoot + `/$HEARTH_FCSIM_VM_ID"; mkdir -p "$d.state"; printf '%s' "$HEARTH_FCSIM_BOOT_ARGS" > "$d.state/cmdline"; ` +
 		`exec ` + bin + ` --init never --system simulated --cmdline "$d.state/cmdline" --token-file "$d.state/token" --env-file "$d.state/env" --secrets-dir "$d.state/secrets"`
 	q, _ := json.Marshal(script)
 	t.Setenv("HEARTH_FCSIM_GUEST_CMD", `["sh","-c",`+string(q)+`]`)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/hearth-vm/hearth"
@@ -69,11 +70,10 @@ func TestFirecrackerNetworked(t *testing.T) {
 	if !strings.Contains(nic, `"host_dev_name":"hthtap0"`) || !strings.Contains(boot, "hearth.ip=172.16.0.2/30,172.16.0.1") {
 		t.Fatalf("NIC %s\nboot %s", nic, boot)
 	}
-	// The VMM runs in the VM's namespace, not the host's.
+	// The VMM runs in the VM's own namespace (the one pinned for its slot).
 	vmNS, _ := os.Readlink(filepath.Join("/proc", itoa(v.Pid), "ns", "net"))
-	selfNS, _ := os.Readlink("/proc/self/ns/net")
-	if vmNS == "" || vmNS == selfNS {
-		t.Fatalf("VMM net namespace %q", vmNS)
+	if want := pinnedNS(t, nsDir); vmNS != want {
+		t.Fatalf("VMM net namespace %q, want the VM's %q", vmNS, want)
 	}
 	if err := rt.SetEgress(ctx, "n1", []string{"tcp:198.18.1.20/32:80"}, nil); err != nil {
 		t.Fatal(err)
@@ -118,3 +118,18 @@ func itoa(n int) string {
 }
 
 func errorsIs(err, target error) bool { return errors.Is(err, target) }
+
+// pinnedNS returns the namespace id ("net:[inode]") of the only namespace
+// pinned in dir.
+func pinnedNS(t *testing.T, dir string) string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil || len(ents) != 1 {
+		t.Fatalf("want one VM namespace in %s: %v %v", dir, ents, err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(dir, ents[0].Name()), &st); err != nil {
+		t.Fatal(err)
+	}
+	return "net:[" + itoa(int(st.Ino)) + "]"
+}

@@ -256,7 +256,7 @@ func TestDaemonExecOnSimulator(t *testing.T) {
 	k, r := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "rootfs.ext4")
 	os.WriteFile(k, []byte("k"), 0o600)
 	os.WriteFile(r, make([]byte, 1<<20), 0o600)
-	script := `d="$HEARTH_FCSIM_GUEST_VSOCK_DIR"; mkdir -p "$d.state"; printf '%s' "$HEARTH_FCSIM_BOOT_ARGS" > "$d.state/cmdline"; ` +
+	script := `d="` + dir + `/guest-$HEARTH_FCSIM_VM_ID"; mkdir -p "$d.state"; printf '%s' "$HEARTH_FCSIM_BOOT_ARGS" > "$d.state/cmdline"; ` +
 		`exec ` + agentBin + ` --init never --system simulated --cmdline "$d.state/cmdline" --token-file "$d.state/token" --env-file "$d.state/env" --secrets-dir "$d.state/secrets"`
 	q, _ := json.Marshal(script)
 	serve := exec.Command(bin, "serve", "--backend", "firecracker", "--firecracker-bin", fc, "--socket", c.socket, "--state-dir", c.state)
