@@ -67,6 +67,9 @@ func TestGuestLifecycle(t *testing.T) {
 	ctx := context.Background()
 	rt := openQEMU(t, state)
 	defer func() { rt.Close() }()
+	// Whatever happens, no guest outlives the test: a failure half-way
+	// must not leave a QEMU running.
+	t.Cleanup(func() { exec.Command("pkill", "-9", "-f", "qemu-system-x86_64.*"+state).Run() })
 	on := true
 	t0 := time.Now()
 	if _, err := rt.Create(ctx, "g1", hearth.Spec{Image: "default", MemoryMiB: 256, Agent: &on}); err != nil {

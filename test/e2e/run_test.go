@@ -56,6 +56,7 @@ func TestRunDefaultImage(t *testing.T) {
 	hearth := build(t, dir, "../../cmd/hearth", "hearth", false)
 	agent := build(t, dir, "../../cmd/hearth-agent", "hearth-agent", true)
 	state := filepath.Join(dir, "state")
+	t.Cleanup(func() { exec.Command("pkill", "-9", "-f", "qemu-system-x86_64.*"+state).Run() })
 	if out, code := run(t, hearth, "--state-dir", state, "image", "build", "default", "--agent", agent); code != 0 {
 		t.Fatalf("image build: exit %d\n%s", code, out)
 	}
