@@ -94,10 +94,26 @@ func (r *Runtime) Exec(ctx context.Context, id string, cmd *agent.Cmd) (*agent.E
 func (r *Runtime) rotateAgent(ctx context.Context, op string, e *vmEntry, oldToken string) error {
 	ctx, cancel := context.WithTimeout(ctx, AgentReadyTimeout)
 	defer cancel()
-	c := agent.New(r.agentDialer(e.rec.Key, e.rec.Backend), oldToken, agent.WithLogger(r.log))
-	defer c.Close()
 	fresh := newToken()
-	if err := c.AfterRestore(ctx, fresh); err != nil {
+	// The restored guest still runs the session it had with its source's
+	// host; over a single-stream channel (virtio-serial) that session may
+	// swallow the first hello before the agent notices and starts afresh,
+	// so a failed attempt is retried on a new connection until the
+	// deadline.
+	var err error
+	for {
+		c := agent.New(r.agentDialer(e.rec.Key, e.rec.Backend), oldToken, agent.WithLogger(r.log), agent.WithHelloTimeout(2*time.Second))
+		err = c.AfterRestore(ctx, fresh)
+		c.Close()
+		if err == nil || ctx.Err() != nil || errors.Is(err, agent.ErrUnauthorized) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if err != nil {
 		return newErr(KindGuestMetadata, op, e.rec.ID, fmt.Errorf("give the restored agent its own token: %w", err))
 	}
 	e.rec.AgentToken = fresh

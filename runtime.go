@@ -283,6 +283,9 @@ func (r *Runtime) Close() error {
 			e.machine = nil
 		}
 		e.mu.Unlock()
+		// A guest channel that takes one connection at a time (QEMU's
+		// virtio-serial chardev) must be free for the next runtime.
+		e.closeAgent()
 	}
 	r.watch.Wait()
 	if r.net != nil {

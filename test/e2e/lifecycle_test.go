@@ -48,8 +48,8 @@ func execOut(t *testing.T, rt *hearth.Runtime, id string, args ...string) string
 
 // TestGuestLifecycle drives a real guest through the library on QEMU:
 // boot to agent-ready, pause/resume, stop and start on the same disk,
-// kill -9 of the VMM (crashed), a runtime restart that adopts the running
-// VM, and destroy leaving nothing behind.
+// kill -9 of the VMM (crashed), a snapshot restored as a clone, a runtime
+// restart that adopts the running VM, and destroy leaving nothing behind.
 func TestGuestLifecycle(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (image build, VM directories)")
@@ -126,9 +126,23 @@ func TestGuestLifecycle(t *testing.T) {
 	}
 	execOut(t, rt, "g1", "true")
 
-	// A runtime restart adopts the running VM. (Talking to its agent
-	// again over the same virtio-serial port after the old host side went
-	// away does not work yet; see the closing note of this change.)
+	// A snapshot of the running VM restored as a clone: the clone answers
+	// with a token of its own while the source keeps running.
+	if _, err := rt.Snapshot(ctx, "g1", "warm"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Restore(ctx, hearth.RestoreSpec{Snapshot: "warm", VM: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	if m := execOut(t, rt, "c1", "cat", "/marker"); m != "kept" {
+		t.Fatalf("clone's disk: %q", m)
+	}
+	execOut(t, rt, "g1", "true")
+	if err := rt.Destroy(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+
+	// A runtime restart adopts the running VM, which still answers.
 	v, _ = rt.Get(ctx, "g1")
 	rt.Close()
 	rt = openQEMU(t, state)
@@ -138,9 +152,7 @@ func TestGuestLifecycle(t *testing.T) {
 	if got, _ := rt.Get(ctx, "g1"); got.Status != hearth.StatusRunning || got.Pid != v.Pid {
 		t.Fatalf("adopted VM: %+v", got)
 	}
-	if _, err := rt.Pause(ctx, "g1"); err != nil {
-		t.Fatalf("pause the adopted VM: %v", err)
-	}
+	execOut(t, rt, "g1", "true")
 	if err := rt.Destroy(ctx, "g1"); err != nil {
 		t.Fatal(err)
 	}
