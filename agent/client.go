@@ -234,16 +234,31 @@ func (c *Client) session(ctx context.Context) (*yamux.Session, error) {
 
 func (c *Client) connect(ctx context.Context) (*yamux.Session, error) {
 	start := time.Now()
-	conn, err := c.dialer.DialContext(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("connect: %w", err)
-	}
-	hctx, cancel := context.WithTimeout(ctx, c.opts.helloTimeout)
-	defer cancel()
-	bc, err := ClientHandshake(hctx, conn)
-	if err != nil {
+	var conn net.Conn
+	var bc net.Conn
+	// A single-stream channel (QEMU's virtio-serial) can swallow a hello
+	// while the guest still runs the session of a host that went away
+	// (a restarted runtime, a restored clone); the agent starts afresh
+	// once that session fails, so a hello that timed out is tried again
+	// on a new connection while ctx allows.
+	for attempt := 1; ; attempt++ {
+		var err error
+		conn, err = c.dialer.DialContext(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("connect: %w", err)
+		}
+		hctx, cancel := context.WithTimeout(ctx, c.opts.helloTimeout)
+		bc, err = ClientHandshake(hctx, conn)
+		timedOut := hctx.Err() != nil && ctx.Err() == nil
+		cancel()
+		if err == nil {
+			break
+		}
 		conn.Close()
-		return nil, fmt.Errorf("connect: %w", err)
+		if !timedOut || attempt >= 3 {
+			return nil, fmt.Errorf("connect: %w", err)
+		}
+		c.opts.log.Debug("agent: hello timed out; retrying on a new connection", "attempt", attempt)
 	}
 	cfg := yamuxConfig(c.opts.keepAlive, c.opts.window, c.opts.log)
 	s, err := yamux.Client(bc, cfg)
