@@ -188,21 +188,15 @@ func rmCmd(g *globals) *cobra.Command {
 		Long:    "Kill each VM's VMM, release every host resource it holds and remove its record. Snapshots taken from it are kept.",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := daemon(cmd.Context(), g)
-			if err != nil {
-				return err
-			}
-			var errs []error
-			for _, id := range args {
+			return eachArg(cmd, g, args, func(c *client.Client, id string) error {
 				if err := c.Destroy(cmd.Context(), id); err != nil {
-					errs = append(errs, err)
-					continue
+					return err
 				}
 				if g.output != "json" {
 					fmt.Fprintln(cmd.OutOrStdout(), id)
 				}
-			}
-			return errors.Join(errs...)
+				return nil
+			})
 		},
 	}
 }
@@ -277,15 +271,9 @@ func snapshotCmd(g *globals) *cobra.Command {
 		Short: "Delete snapshots",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := daemon(cmd.Context(), g)
-			if err != nil {
-				return err
-			}
-			var errs []error
-			for _, n := range args {
-				errs = append(errs, c.DeleteSnapshot(cmd.Context(), n))
-			}
-			return errors.Join(errs...)
+			return eachArg(cmd, g, args, func(c *client.Client, n string) error {
+				return c.DeleteSnapshot(cmd.Context(), n)
+			})
 		},
 	}
 	verify := &cobra.Command{
@@ -293,19 +281,13 @@ func snapshotCmd(g *globals) *cobra.Command {
 		Short: "Re-hash snapshots' files against their manifests",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := daemon(cmd.Context(), g)
-			if err != nil {
-				return err
-			}
-			var errs []error
-			for _, n := range args {
+			return eachArg(cmd, g, args, func(c *client.Client, n string) error {
 				if err := c.VerifySnapshot(cmd.Context(), n); err != nil {
-					errs = append(errs, err)
-					continue
+					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s ok\n", n)
-			}
-			return errors.Join(errs...)
+				return nil
+			})
 		},
 	}
 	cmd.AddCommand(create, ls, rm, verify)
@@ -639,4 +621,18 @@ func gcCmd(g *globals) *cobra.Command {
 	cmd.Flags().IntVar(&p.KeepPerVM, "keep-per-vm", 0, "snapshots to keep per source VM")
 	cmd.Flags().Int64Var(&p.MaxBytes, "max-bytes", 0, "disk space all snapshots may use")
 	return cmd
+}
+
+// eachArg connects to the daemon and runs fn for every argument, going on
+// past failures and returning them all.
+func eachArg(cmd *cobra.Command, g *globals, args []string, fn func(c *client.Client, arg string) error) error {
+	c, err := daemon(cmd.Context(), g)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, a := range args {
+		errs = append(errs, fn(c, a))
+	}
+	return errors.Join(errs...)
 }
