@@ -70,6 +70,12 @@ func (s *server) fault(ss *session, addr uint64, t0 time.Time) error {
 // to 4× the block, so streaming a range takes a fraction of the round
 // trips.
 //
+// While a trace is being replayed, the recorded working set says what the
+// guest will touch: a fault copies the rest of its recorded run (what the
+// prefetcher would copy next anyway) and nothing around it, since
+// speculative neighbours would only compete with the prefetcher for the
+// copy bandwidth that bounds a restore racing its prefetch.
+//
 // While recording a trace, an isolated fault copies only p and a stream's
 // window doubles from one page, so that the trace holds the pages the
 // guest touched rather than neighbours served speculatively (later
@@ -81,6 +87,12 @@ func (s *server) window(ss *session, r *region, p uint64, zero bool) (lo, hi uin
 	seq := r.base+p*r.ps == ss.seqNext
 	var b0, b1 uint64
 	switch {
+	case s.pf != nil && !ss.child:
+		b0, b1 = p, p+1
+		if end := s.pf.runEnd(r.unit(p)); end > 0 {
+			b1 = p + min((end*traceUnit-(r.off+p*r.ps))/r.ps, 4*w)
+		}
+		ss.seqWin = 0
 	case seq:
 		start := 2 * w
 		if recording {

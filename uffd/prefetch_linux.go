@@ -3,7 +3,9 @@
 package uffd
 
 import (
+	"cmp"
 	"errors"
+	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -44,10 +46,14 @@ type prefetcher struct {
 	u       uint64 // next unit within run i
 	started time.Time
 	stop    chan struct{}
+	// byStart is the trace's runs sorted by start, so that an on-demand
+	// fault can find the recorded run it falls in (runEnd).
+	byStart []run
 }
 
 func (pf *prefetcher) start(s *server) {
 	pf.started = time.Now()
+	pf.index()
 	pf.stop = make(chan struct{})
 	if len(pf.t.runs) > 0 {
 		pf.u = pf.t.runs[0].start
@@ -128,6 +134,26 @@ func (s *server) prefetchStep(ss *session) error {
 	s.log.Info("prefetch done", "pages", s.st.PrefetchedPages, "bytes", s.st.PrefetchedBytes, "took", time.Since(pf.started))
 	s.pf = nil
 	return nil
+}
+
+func (pf *prefetcher) index() {
+	pf.byStart = slices.Clone(pf.t.runs)
+	slices.SortFunc(pf.byStart, func(a, b run) int { return cmp.Compare(a.start, b.start) })
+}
+
+// runEnd returns the end unit of the recorded run holding unit u, or 0
+// when u is not in the working set.
+func (pf *prefetcher) runEnd(u uint64) uint64 {
+	i, _ := slices.BinarySearchFunc(pf.byStart, u, func(r run, u uint64) int { return cmp.Compare(r.start, u) })
+	// byStart[i-1] is the last run starting at or before u (or i itself
+	// when it starts at u exactly).
+	if i < len(pf.byStart) && pf.byStart[i].start == u {
+		return u + pf.byStart[i].count
+	}
+	if i > 0 && u < pf.byStart[i-1].start+pf.byStart[i-1].count {
+		return pf.byStart[i-1].start + pf.byStart[i-1].count
+	}
+	return 0
 }
 
 func (pf *prefetcher) next() {

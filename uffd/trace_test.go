@@ -120,3 +120,16 @@ func FuzzTrace(f *testing.F) {
 		}
 	})
 }
+
+func TestPrefetcherRunEnd(t *testing.T) {
+	pf := &prefetcher{t: &trace{runs: []run{{100, 4}, {10, 2}, {50, 1}, {12, 3}}}}
+	pf.index()
+	for _, c := range []struct{ u, want uint64 }{
+		{9, 0}, {10, 12}, {11, 12}, {12, 15}, {14, 15}, {15, 0},
+		{49, 0}, {50, 51}, {51, 0}, {100, 104}, {103, 104}, {104, 0}, {0, 0},
+	} {
+		if got := pf.runEnd(c.u); got != c.want {
+			t.Errorf("runEnd(%d) = %d, want %d", c.u, got, c.want)
+		}
+	}
+}
