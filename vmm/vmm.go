@@ -273,3 +273,35 @@ var ErrGone = errors.New("vmm process is gone")
 type Guestless interface {
 	Guestless() bool
 }
+
+// RateLimitSetter is implemented by machines whose device rate limits can
+// change while the guest runs.
+//
+// Contract: SetRateLimits validates the whole update before it sends any
+// request, so bad input changes nothing; a device the backend cannot
+// limit is refused with an error matching errors.ErrUnsupported that
+// names the option. A failure after the first request may leave earlier
+// devices changed; the caller restores them.
+type RateLimitSetter interface {
+	SetRateLimits(ctx context.Context, u RateLimitUpdate) error
+}
+
+// RateLimitUpdate replaces the rate limits of the listed devices (the
+// others keep theirs). A nil limiter, or a nil bucket within one, means
+// unlimited: the update states the whole new limit, not a difference.
+type RateLimitUpdate struct {
+	Drives []DriveLimit
+	NICs   []NICLimit
+}
+
+// DriveLimit is a drive's new rate limit.
+type DriveLimit struct {
+	ID    string
+	Limit *RateLimiter
+}
+
+// NICLimit is a network interface's new rate limits.
+type NICLimit struct {
+	ID     string
+	RX, TX *RateLimiter
+}

@@ -162,6 +162,24 @@ func PatchDriveBody(id, path string, rl *vmm.RateLimiter) PartialDrive {
 	return PartialDrive{DriveID: id, PathOnHost: path, RateLimiter: RateLimiterBody(rl)}
 }
 
+// ReplaceRateLimiterBody states a whole new limiter for a PATCH: unlike
+// RateLimiterBody, a missing bucket is sent as a disabled one (size and
+// refill_time 0, which Firecracker reads as "no limit") instead of being
+// left out, which Firecracker reads as "keep the current bucket".
+func ReplaceRateLimiterBody(rl *vmm.RateLimiter) *RateLimiter {
+	off := &vmm.TokenBucket{}
+	out := &vmm.RateLimiter{Bandwidth: off, Ops: off}
+	if rl != nil {
+		if rl.Bandwidth != nil {
+			out.Bandwidth = rl.Bandwidth
+		}
+		if rl.Ops != nil {
+			out.Ops = rl.Ops
+		}
+	}
+	return &RateLimiter{Bandwidth: TokenBucketBody(out.Bandwidth), Ops: TokenBucketBody(out.Ops)}
+}
+
 // PatchNICBody builds PATCH /network-interfaces/{id}.
 func PatchNICBody(id string, rx, tx *vmm.RateLimiter) PartialNetworkInterface {
 	return PartialNetworkInterface{IfaceID: id, RxRateLimiter: RateLimiterBody(rx), TxRateLimiter: RateLimiterBody(tx)}

@@ -110,6 +110,10 @@ func goldenRequests(t *testing.T) map[string][]Request {
 			req("PATCH", "/drives/data", PatchDriveBody("data", "/vms/a/data2.ext4", nil)),
 			req("PATCH", "/network-interfaces/eth0", PatchNICBody("eth0",
 				&vmm.RateLimiter{Bandwidth: &vmm.TokenBucket{Size: 2 << 20, OneTimeBurst: 4 << 20, RefillTime: 500 * time.Millisecond}}, nil)),
+			req("PATCH", "/drives/data", PartialDrive{DriveID: "data", RateLimiter: ReplaceRateLimiterBody(
+				&vmm.RateLimiter{Ops: &vmm.TokenBucket{Size: 100, RefillTime: time.Second}})}),
+			req("PATCH", "/network-interfaces/eth0", PartialNetworkInterface{IfaceID: "eth0", RxRateLimiter: ReplaceRateLimiterBody(nil),
+				TxRateLimiter: ReplaceRateLimiterBody(&vmm.RateLimiter{Bandwidth: &vmm.TokenBucket{Size: 1 << 20, RefillTime: time.Second}})}),
 			req("GET", "/", nil),
 			req("GET", "/machine-config", nil),
 		},

@@ -341,6 +341,18 @@ func TestColdBootSequence(t *testing.T) {
 	if err := m.PatchNIC(ctx, "eth0", nil, &vmm.RateLimiter{Bandwidth: &vmm.TokenBucket{Size: 1 << 20, RefillTime: time.Second}}); err != nil {
 		t.Fatal(err)
 	}
+	// SetRateLimits states whole limits: missing buckets go out disabled,
+	// which the simulator validates against the spec like any body.
+	if err := m.SetRateLimits(ctx, vmm.RateLimitUpdate{
+		Drives: []vmm.DriveLimit{{ID: "data", Limit: &vmm.RateLimiter{Bandwidth: &vmm.TokenBucket{Size: 1 << 20, RefillTime: time.Second}}}},
+		NICs:   []vmm.NICLimit{{ID: "eth0", TX: &vmm.RateLimiter{Ops: &vmm.TokenBucket{Size: 10, OneTimeBurst: 5, RefillTime: 100 * time.Millisecond}}}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Bad input sends nothing.
+	if err := m.SetRateLimits(ctx, vmm.RateLimitUpdate{Drives: []vmm.DriveLimit{{ID: "data"}, {ID: "bad/id"}}}); err == nil {
+		t.Fatal("invalid drive id accepted")
+	}
 	if err := m.FlushMetrics(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -376,6 +388,8 @@ func TestColdBootSequence(t *testing.T) {
 		"PATCH /vm 204",
 		"GET / 200",
 		"PATCH /vm 204",
+		"PATCH /drives/data 204",
+		"PATCH /network-interfaces/eth0 204",
 		"PATCH /drives/data 204",
 		"PATCH /network-interfaces/eth0 204",
 		"PUT /actions 204", // FlushMetrics

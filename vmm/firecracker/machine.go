@@ -61,6 +61,7 @@ type Machine struct {
 }
 
 var _ vmm.Machine = (*Machine)(nil)
+var _ vmm.RateLimitSetter = (*Machine)(nil)
 
 func (l *launch) newMachine(sock string, js *jailState) *Machine {
 	m := &Machine{
@@ -609,6 +610,42 @@ func (m *Machine) PatchNIC(ctx context.Context, id string, rx, tx *vmm.RateLimit
 	}
 	if err := m.do(ctx, "PATCH", "/network-interfaces/"+id, PatchNICBody(id, rx, tx), nil); err != nil {
 		return fmt.Errorf("patch interface %s of %s: %w", id, m.vmid, err)
+	}
+	return nil
+}
+
+// SetRateLimits implements vmm.RateLimitSetter: one PATCH per device,
+// each stating the device's whole new limits. Every id and limiter is
+// checked before the first request.
+func (m *Machine) SetRateLimits(ctx context.Context, u vmm.RateLimitUpdate) error {
+	var errs []error
+	for _, d := range u.Drives {
+		if !validID(d.ID) {
+			errs = append(errs, invalid("drive id", "%q must be 1–64 characters of [A-Za-z0-9_]", d.ID))
+		}
+		errs = append(errs, validateRateLimiter("drives."+d.ID+".rate_limiter", d.Limit))
+	}
+	for _, n := range u.NICs {
+		if !validID(n.ID) {
+			errs = append(errs, invalid("interface id", "%q must be 1–64 characters of [A-Za-z0-9_]", n.ID))
+		}
+		errs = append(errs, validateRateLimiter("network-interfaces."+n.ID+".rx_rate_limiter", n.RX),
+			validateRateLimiter("network-interfaces."+n.ID+".tx_rate_limiter", n.TX))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	for _, d := range u.Drives {
+		body := PartialDrive{DriveID: d.ID, RateLimiter: ReplaceRateLimiterBody(d.Limit)}
+		if err := m.do(ctx, "PATCH", "/drives/"+d.ID, body, nil); err != nil {
+			return fmt.Errorf("rate limit drive %s of %s: %w", d.ID, m.vmid, err)
+		}
+	}
+	for _, n := range u.NICs {
+		body := PartialNetworkInterface{IfaceID: n.ID, RxRateLimiter: ReplaceRateLimiterBody(n.RX), TxRateLimiter: ReplaceRateLimiterBody(n.TX)}
+		if err := m.do(ctx, "PATCH", "/network-interfaces/"+n.ID, body, nil); err != nil {
+			return fmt.Errorf("rate limit interface %s of %s: %w", n.ID, m.vmid, err)
+		}
 	}
 	return nil
 }

@@ -341,3 +341,47 @@ func (b *Backend) Find(vmID string) *Machine {
 
 // Guestless implements vmm.Guestless: there is no guest to talk to.
 func (m *Machine) Guestless() bool { return true }
+
+var _ vmm.RateLimitSetter = (*Machine)(nil)
+
+// SetRateLimits implements vmm.RateLimitSetter by recording the limits in
+// the machine's configuration (Config shows them), with Firecracker's
+// rules: only after boot, and only for devices the machine has.
+func (m *Machine) SetRateLimits(ctx context.Context, u vmm.RateLimitUpdate) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.phase != running && m.phase != paused {
+		return refuse("rate-limits", "rate limits change only after boot (machine is %s)", m.phase)
+	}
+	drives := map[string]int{}
+	for i, d := range m.cfg.Drives {
+		drives[d.ID] = i
+	}
+	nics := map[string]int{}
+	for i, n := range m.cfg.NICs {
+		nics[n.ID] = i
+	}
+	for _, d := range u.Drives {
+		if _, ok := drives[d.ID]; !ok {
+			return refuse("rate-limits", "no drive %q", d.ID)
+		}
+	}
+	for _, n := range u.NICs {
+		if _, ok := nics[n.ID]; !ok {
+			return refuse("rate-limits", "no network interface %q", n.ID)
+		}
+	}
+	// Copy before changing: Config hands out the slices.
+	m.cfg.Drives = append([]vmm.Drive(nil), m.cfg.Drives...)
+	m.cfg.NICs = append([]vmm.NIC(nil), m.cfg.NICs...)
+	for _, d := range u.Drives {
+		m.cfg.Drives[drives[d.ID]].RateLimit = d.Limit
+	}
+	for _, n := range u.NICs {
+		m.cfg.NICs[nics[n.ID]].RX, m.cfg.NICs[nics[n.ID]].TX = n.RX, n.TX
+	}
+	return nil
+}

@@ -170,28 +170,45 @@ func escapeOpt(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 // (a maximum rate held for a length of time), so a one-time burst is
 // refused rather than approximated.
 func throttling(field string, rl *vmm.RateLimiter) (string, error) {
-	if rl == nil {
-		return "", nil
+	bps, iops, err := throttleRates(field, rl)
+	if err != nil {
+		return "", err
 	}
 	var s string
-	for _, x := range []struct {
-		name string
-		tb   *vmm.TokenBucket
-		key  string
-	}{{"bandwidth", rl.Bandwidth, "bps-total"}, {"ops", rl.Ops, "iops-total"}} {
-		if x.tb == nil {
-			continue
-		}
-		if x.tb.OneTimeBurst != 0 {
-			return "", unsupported(field+"."+x.name+".one_time_burst", "QEMU block throttling has no one-time credit")
-		}
-		if x.tb.Size <= 0 || x.tb.RefillTime <= 0 {
-			return "", invalid(field+"."+x.name, "size and refill time must be positive")
-		}
-		rate := max(x.tb.Size*int64(time.Second)/int64(x.tb.RefillTime), 1)
-		s += ",throttling." + x.key + "=" + strconv.FormatInt(rate, 10)
+	if bps > 0 {
+		s += ",throttling.bps-total=" + strconv.FormatInt(bps, 10)
+	}
+	if iops > 0 {
+		s += ",throttling.iops-total=" + strconv.FormatInt(iops, 10)
 	}
 	return s, nil
+}
+
+// throttleRates returns the steady bytes and operations per second of a
+// limiter; 0 means unlimited, which is also how QEMU reads 0.
+func throttleRates(field string, rl *vmm.RateLimiter) (bps, iops int64, err error) {
+	if rl == nil {
+		return 0, 0, nil
+	}
+	rate := func(name string, tb *vmm.TokenBucket) (int64, error) {
+		if tb == nil {
+			return 0, nil
+		}
+		if tb.OneTimeBurst != 0 {
+			return 0, unsupported(field+"."+name+".one_time_burst", "QEMU block throttling has no one-time credit")
+		}
+		if tb.Size <= 0 || tb.RefillTime <= 0 {
+			return 0, invalid(field+"."+name, "size and refill time must be positive")
+		}
+		return max(tb.Size*int64(time.Second)/int64(tb.RefillTime), 1), nil
+	}
+	if bps, err = rate("bandwidth", rl.Bandwidth); err != nil {
+		return 0, 0, err
+	}
+	if iops, err = rate("ops", rl.Ops); err != nil {
+		return 0, 0, err
+	}
+	return bps, iops, nil
 }
 
 func validateConfig(cfg vmm.Config) error {

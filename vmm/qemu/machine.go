@@ -41,6 +41,7 @@ type Machine struct {
 }
 
 var _ vmm.Machine = (*Machine)(nil)
+var _ vmm.RateLimitSetter = (*Machine)(nil)
 
 func newMachine(b *Backend, spec vmm.LaunchSpec) *Machine {
 	qmpPath := filepath.Join(spec.Dir, qmpSocketName)
