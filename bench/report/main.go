@@ -1,7 +1,11 @@
 // Command report turns `go test -bench` output into hearth's benchmark
 // report: bench/report.md, bench/report.json and bench/report.svg.
 //
-//	go test -run '^$' -bench . ./bench/ | go run ./bench/report -out bench
+//	HEARTH_BENCH_SAMPLES=dir go test -run '^$' -bench . ./bench/ | go run ./bench/report -out bench -samples dir
+//
+// With -samples, the raw latency samples the benchmarks left in dir are
+// drawn as distributions (cumulative fraction against milliseconds) in
+// report.svg.
 //
 // Every benchmark reports its figure next to a baseline measured in the
 // same run; the report lists both, the machine they ran on, and whether
@@ -14,6 +18,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -40,6 +45,17 @@ type Target struct {
 	Why    string  `json:"why"`
 	Got    float64 `json:"got"`
 	Met    *bool   `json:"met"` // nil when the benchmark did not run
+	// Context names a metric of the same result that explains the
+	// figure (e.g. the floor the machine's CPU alone imposes).
+	Context    string   `json:"context,omitempty"`
+	ContextGot *float64 `json:"context_got,omitempty"`
+}
+
+// Series is one latency distribution (milliseconds).
+type Series struct {
+	Bench string    `json:"bench"`
+	Name  string    `json:"name"`
+	MS    []float64 `json:"ms"`
 }
 
 // Report is the whole report.
@@ -48,6 +64,8 @@ type Report struct {
 	Machine   Machine   `json:"machine"`
 	Results   []Result  `json:"results"`
 	Targets   []Target  `json:"targets"`
+	Series    []Series  `json:"series,omitempty"`
+	Note      string    `json:"note,omitempty"`
 }
 
 // Machine says where the numbers come from.
@@ -56,22 +74,41 @@ type Machine struct {
 	CPU    string `json:"cpu"`
 	Kernel string `json:"kernel"`
 	Go     string `json:"go"`
+	// LoadBefore and LoadAfter are /proc/loadavg when the report started
+	// reading (as the benchmarks started) and when it finished: other
+	// work on the machine skews absolute figures (ratios less so).
+	LoadBefore string `json:"load_before"`
+	LoadAfter  string `json:"load_after"`
 }
 
 // targets are DESIGN §15's goals, by benchmark and metric.
 var targets = []Target{
-	{Bench: "BenchmarkControlPlane/sequential", Metric: "overhead-p50-ms", Max: 5, Why: "control-plane overhead of create→running, p50"},
-	{Bench: "BenchmarkControlPlane/sequential", Metric: "overhead-p99-ms", Max: 20, Why: "control-plane overhead of create→running, p99"},
-	{Bench: "BenchmarkRuntimeConcurrency", Metric: "x-one-create", Max: 3, Why: "100 concurrent creates within 3× one create (no hidden serialisation)"},
+	{Bench: "BenchmarkControlPlane/bare/c1", Metric: "overhead-p50-ms", Max: 5, Why: "control-plane overhead of create→running over the same VMM work, p50 (simulator)"},
+	{Bench: "BenchmarkControlPlane/bare/c1", Metric: "overhead-p99-ms", Max: 20, Why: "control-plane overhead of create→running over the same VMM work, p99 (simulator)"},
+	{Bench: "BenchmarkControlPlane/bare/c100", Metric: "x-one-create", Max: 3, Context: "x-one-create-cpu-floor", Why: "100 concurrent creates within 3× one create, simulator (context: the ratio the wave's CPU alone forces on this machine)"},
+	{Bench: "BenchmarkRuntimeConcurrency", Metric: "x-one-create", Max: 3, Context: "x-one-create-cpu-floor", Why: "100 concurrent creates within 3× one create, in-memory backend (context: CPU floor)"},
+	{Bench: "BenchmarkDaemonScale/firecracker", Metric: "rss-KiB/vm", Max: 200, Why: "daemon RSS per idle VM, Firecracker backend (simulator)"},
+	{Bench: "BenchmarkDaemonScale/mem", Metric: "rss-KiB/vm", Max: 200, Why: "daemon RSS per idle VM, 1,000 VMs, in-memory backend"},
 }
 
 func main() {
 	out := flag.String("out", "bench", "directory for report.md, report.json and report.svg")
+	samples := flag.String("samples", "", "directory of latency samples left by the benchmarks ($HEARTH_BENCH_SAMPLES)")
+	note := flag.String("note", "", "a note for the report (e.g. what else loaded the machine)")
 	flag.Parse()
+	before := loadavg()
 	rep, err := build(os.Stdin)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "report:", err)
 		os.Exit(1)
+	}
+	rep.Machine.LoadBefore, rep.Machine.LoadAfter = before, loadavg()
+	rep.Note = *note
+	if *samples != "" {
+		if rep.Series, err = readSamples(*samples); err != nil {
+			fmt.Fprintln(os.Stderr, "report:", err)
+			os.Exit(1)
+		}
 	}
 	if err := write(rep, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "report:", err)
@@ -105,6 +142,9 @@ func build(in io.Reader) (Report, error) {
 				t.Got = v
 				met := (t.Max == 0 || v <= t.Max) && (t.Min == 0 || v >= t.Min)
 				t.Met = &met
+				if c, ok := r.Metrics[t.Context]; ok && t.Context != "" {
+					t.ContextGot = &c
+				}
 			}
 		}
 		rep.Targets = append(rep.Targets, t)
@@ -143,6 +183,53 @@ func parseLine(line string) (Result, bool) {
 	return r, true
 }
 
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// readSamples loads the JSON files the benchmarks wrote (bench name,
+// series name → milliseconds), in a stable order.
+func readSamples(dir string) ([]Series, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(files)
+	var out []Series
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		var v struct {
+			Bench  string               `json:"bench"`
+			Series map[string][]float64 `json:"series"`
+		}
+		if err := json.Unmarshal(b, &v); err != nil {
+			return nil, fmt.Errorf("%s: %w", f, err)
+		}
+		names := make([]string, 0, len(v.Series))
+		for n := range v.Series {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			ms := append([]float64(nil), v.Series[n]...)
+			sort.Float64s(ms)
+			out = append(out, Series{Bench: v.Bench, Name: n, MS: ms})
+		}
+	}
+	return out, nil
+}
+
 func machine() Machine {
 	m := Machine{CPUs: runtime.NumCPU(), Go: runtime.Version()}
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
@@ -175,10 +262,13 @@ func write(rep Report, dir string) error {
 
 func markdown(rep Report) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# hearth benchmark report\n\nGenerated %s on %d × %s, Linux %s, %s. Regenerate with `make bench`.\n\n",
-		rep.Generated.Format(time.RFC3339), rep.Machine.CPUs, rep.Machine.CPU, rep.Machine.Kernel, rep.Machine.Go)
+	fmt.Fprintf(&b, "# hearth benchmark report\n\nGenerated %s on %d × %s (nproc %d), Linux %s, %s; load average %s when the benchmarks started, %s when they ended. Regenerate with `make bench`.\n\n",
+		rep.Generated.Format(time.RFC3339), rep.Machine.CPUs, rep.Machine.CPU, rep.Machine.CPUs, rep.Machine.Kernel, rep.Machine.Go, rep.Machine.LoadBefore, rep.Machine.LoadAfter)
 	b.WriteString("Every figure is measured next to a baseline in the same run; compare within a row, not across machines.\n\n")
-	b.WriteString("## Targets (DESIGN §15)\n\n| goal | metric | target | got | met |\n|---|---|---|---|---|\n")
+	if rep.Note != "" {
+		b.WriteString(rep.Note + "\n\n")
+	}
+	b.WriteString("## Targets (DESIGN §15)\n\n| goal | metric | target | got | met | context |\n|---|---|---|---|---|---|\n")
 	for _, t := range rep.Targets {
 		goal := ""
 		if t.Max != 0 {
@@ -191,7 +281,11 @@ func markdown(rep Report) string {
 		if t.Met != nil {
 			met = map[bool]string{true: "yes", false: "**no**"}[*t.Met]
 		}
-		fmt.Fprintf(&b, "| %s | `%s` %s | %s | %.3g | %s |\n", t.Why, t.Metric, t.Bench, goal, t.Got, met)
+		ctx := ""
+		if t.ContextGot != nil {
+			ctx = fmt.Sprintf("`%s` %.3g", t.Context, *t.ContextGot)
+		}
+		fmt.Fprintf(&b, "| %s | `%s` %s | %s | %.3g | %s | %s |\n", t.Why, t.Metric, t.Bench, goal, t.Got, met, ctx)
 	}
 	b.WriteString("\n## Results\n\n")
 	for _, r := range rep.Results {
@@ -206,13 +300,30 @@ func markdown(rep Report) string {
 		}
 		b.WriteString("\n")
 	}
+	if len(rep.Series) > 0 {
+		b.WriteString("## Latency distributions\n\n| benchmark | series | n | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|---|---|\n")
+		for _, s := range rep.Series {
+			fmt.Fprintf(&b, "| %s | %s | %d | %.3g | %.3g | %.3g | %.3g |\n", s.Bench, s.Name, len(s.MS), quantile(s.MS, .5), quantile(s.MS, .9), quantile(s.MS, .99), quantile(s.MS, 1))
+		}
+		b.WriteString("\n")
+	}
 	b.WriteString("![latency chart](report.svg)\n")
 	return b.String()
 }
 
+// quantile of sorted values (nearest rank).
+func quantile(sorted []float64, q float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(q*float64(len(sorted))+0.5) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
 // chart draws, for every benchmark that reports millisecond metrics, one
 // horizontal bar per metric, so the baseline sits next to the measured
-// figure.
+// figure; then, for every benchmark that left samples, the latency
+// distributions as cumulative curves on a logarithmic time axis.
 func chart(rep Report) string {
 	type bar struct {
 		label string
@@ -236,11 +347,15 @@ func chart(rep Report) string {
 			}
 		}
 	}
+	groups := seriesGroups(rep.Series)
 	const left, width, rowH = 420, 360, 18
-	h := len(bars)*rowH + 40
+	const panelH = 240
+	barsH := len(bars)*rowH + 40
+	h := barsH + len(groups)*panelH + 10
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="11">`+"\n", left+width+80, h)
-	fmt.Fprintf(&b, `<text x="4" y="14" font-size="13">hearth benchmarks: milliseconds (shorter is better)</text>`+"\n")
+	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
+	fmt.Fprintf(&b, `<text x="4" y="14" font-size="13">hearth benchmarks: milliseconds (shorter is better; linear scale per chart)</text>`+"\n")
 	for i, br := range bars {
 		y := 28 + i*rowH
 		w := 0.0
@@ -248,15 +363,82 @@ func chart(rep Report) string {
 			w = br.v / max * width
 		}
 		color := "#4878a8"
-		if strings.Contains(br.label, "raw") || strings.Contains(br.label, "baseline") || strings.Contains(br.label, "one-") {
+		if strings.Contains(br.label, "raw") || strings.Contains(br.label, "baseline") || strings.Contains(br.label, "one-") || strings.Contains(br.label, "seed") || strings.Contains(br.label, "empty") {
 			color = "#a0a0a0"
 		}
 		fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="end">%s</text>`+"\n", left-6, y+12, escape(br.label))
 		fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%.1f" height="%d" fill="%s"/>`+"\n", left, y+2, w, rowH-5, color)
 		fmt.Fprintf(&b, `<text x="%.1f" y="%d">%.3g</text>`+"\n", float64(left)+w+4, y+12, br.v)
 	}
+	for i, g := range groups {
+		cdfPanel(&b, g, 10, barsH+i*panelH, left+width+60, panelH-20)
+	}
 	b.WriteString("</svg>\n")
 	return b.String()
+}
+
+// seriesGroups groups series by benchmark, keeping their order.
+func seriesGroups(all []Series) [][]Series {
+	var out [][]Series
+	idx := map[string]int{}
+	for _, s := range all {
+		if len(s.MS) == 0 {
+			continue
+		}
+		i, ok := idx[s.Bench]
+		if !ok {
+			i = len(out)
+			idx[s.Bench] = i
+			out = append(out, nil)
+		}
+		out[i] = append(out[i], s)
+	}
+	return out
+}
+
+var palette = []string{"#1f77b4", "#aaaaaa", "#d62728", "#777777", "#2ca02c", "#9467bd"}
+
+// cdfPanel draws one benchmark's series as cumulative distributions:
+// x is log10(ms), y the fraction of samples at or below it.
+func cdfPanel(b *strings.Builder, g []Series, x0, y0, w, h int) {
+	lo, hi := math.Inf(1), math.Inf(-1)
+	for _, s := range g {
+		lo = math.Min(lo, math.Max(s.MS[0], 1e-3))
+		hi = math.Max(hi, s.MS[len(s.MS)-1])
+	}
+	llo, lhi := math.Floor(math.Log10(lo)), math.Ceil(math.Log10(hi))
+	if lhi <= llo {
+		lhi = llo + 1
+	}
+	const legendW, padL, padT, padB = 190, 40, 22, 22
+	pw, ph := float64(w-legendW-padL), float64(h-padT-padB)
+	px := func(v float64) float64 {
+		return float64(x0+padL) + (math.Log10(math.Max(v, 1e-3))-llo)/(lhi-llo)*pw
+	}
+	py := func(f float64) float64 { return float64(y0+padT) + (1-f)*ph }
+	fmt.Fprintf(b, `<text x="%d" y="%d" font-size="12">%s — latency distribution (fraction ≤ x, log ms)</text>`+"\n", x0, y0+12, escape(strings.TrimPrefix(g[0].Bench, "Benchmark")))
+	fmt.Fprintf(b, `<rect x="%d" y="%d" width="%.0f" height="%.0f" fill="none" stroke="#333"/>`+"\n", x0+padL, y0+padT, pw, ph)
+	for e := llo; e <= lhi; e++ {
+		x := px(math.Pow(10, e))
+		fmt.Fprintf(b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#ddd"/>`+"\n", x, py(1), x, py(0))
+		fmt.Fprintf(b, `<text x="%.1f" y="%.1f" text-anchor="middle">%g</text>`+"\n", x, py(0)+14, math.Pow(10, e))
+	}
+	for _, f := range []float64{0, .5, .9, 1} {
+		fmt.Fprintf(b, `<text x="%d" y="%.1f" text-anchor="end">%g</text>`+"\n", x0+padL-4, py(f)+4, f)
+	}
+	for i, s := range g {
+		color := palette[i%len(palette)]
+		var pts strings.Builder
+		n := float64(len(s.MS))
+		for j, v := range s.MS {
+			fmt.Fprintf(&pts, "%.1f,%.1f %.1f,%.1f ", px(v), py(float64(j)/n), px(v), py(float64(j+1)/n))
+		}
+		fmt.Fprintf(b, `<polyline fill="none" stroke="%s" stroke-width="1.5" points="%s"/>`+"\n", color, strings.TrimSpace(pts.String()))
+		ly := y0 + padT + 14*i + 8
+		lx := x0 + padL + int(pw) + 10
+		fmt.Fprintf(b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2"/>`+"\n", lx, ly-4, lx+16, ly-4, color)
+		fmt.Fprintf(b, `<text x="%d" y="%d">%s (n=%d)</text>`+"\n", lx+20, ly, escape(s.Name), len(s.MS))
+	}
 }
 
 func escape(s string) string {
