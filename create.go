@@ -310,7 +310,7 @@ func (r *Runtime) createSteps(p *createPlan) []step {
 				}
 				dst := filepath.Join(r.vmDir(p.entry.rec.Key), "rootfs.ext4")
 				if err := cloneDisk(ctx, p.files.Rootfs, dst, p.files.RootfsSHA256, true); err != nil {
-					return asHearth(KindRootfs, p.op, p.id, classifyRootfs("clone rootfs", err))
+					return rootfsErr(p.op, p.id, "clone rootfs", err)
 				}
 				return nil
 			},

@@ -3,6 +3,7 @@ package hearth
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 
 	"github.com/hearth-vm/hearth/rootfs"
@@ -31,6 +32,15 @@ func classifyRootfs(op string, err error) error {
 		return &Error{Kind: KindInvalidArgument, Op: op, Err: err}
 	}
 	return &Error{Kind: KindRootfs, Op: op, Err: err}
+}
+
+// rootfsErr classifies a failure of a rootfs step (what) of op on vm, so
+// the error names the operation and the VM, not only the step.
+func rootfsErr(op, vm, what string, err error) error {
+	var he *Error
+	errors.As(classifyRootfs(op, fmt.Errorf("%s: %w", what, err)), &he)
+	he.VM = vm
+	return he
 }
 
 // openImages opens the catalog at <state-dir>/images unless the caller

@@ -23,7 +23,7 @@ func (r *Runtime) openJails() {
 	if base == "" {
 		base = filepath.Join(r.cfg.StateDir, "jail")
 	}
-	jm, err := jail.New(jail.Config{ChrootBase: base, CgroupParent: r.cfg.JailCgroupParent, Logger: r.log}, r.st)
+	jm, err := jail.New(jail.Config{ChrootBase: base, CgroupParent: r.cfg.JailCgroupParent, IDs: r.cfg.JailIDs, Logger: r.log}, r.st)
 	if err != nil {
 		r.jailErr = err
 		r.log.Warn("jails unavailable", "err", err)
@@ -39,6 +39,11 @@ func (r *Runtime) allocateJail(op string, e *vmEntry) error {
 	}
 	cred, err := r.jails.Allocate(e.rec.Key)
 	if err != nil {
+		if errors.Is(err, store.ErrFull) {
+			ids := r.jails.Config().IDs
+			err = fmt.Errorf("no free jail uid: all %d of the range %d-%d are held by jailed VMs: %w",
+				uint64(ids.Hi)-uint64(ids.Lo)+1, ids.Lo, ids.Hi, err)
+		}
 		return newErr(KindJailer, op, e.rec.ID, err)
 	}
 	e.rec.Resources = append(e.rec.Resources,

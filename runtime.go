@@ -65,6 +65,10 @@ type Config struct {
 	// JailDir holds the VMs' jails (default <state-dir>/jail). It must
 	// belong to hearth alone: reconcile removes what no VM owns.
 	JailDir string
+	// JailIDs is the range of uids/gids jailed VMs get, one each (default
+	// jail.DefaultIDRange); when all are taken, creating a jailed VM fails
+	// with a Jailer error wrapping store.ErrFull.
+	JailIDs jail.Range
 	// JailCgroupParent is the parent cgroup of jailed VMs (default
 	// "hearth"); give the Firecracker backend the same ParentCgroup.
 	JailCgroupParent string
@@ -212,6 +216,11 @@ func Open(ctx context.Context, cfg Config) (*Runtime, error) {
 	}
 	if _, ok := r.backends[r.def]; !ok {
 		return nil, invalidArg(op, "", "default backend %q is not registered", r.def)
+	}
+	if cfg.JailIDs != (jail.Range{}) {
+		if err := cfg.JailIDs.Validate(); err != nil {
+			return nil, invalidArg(op, "", "jail ids: %v", err)
+		}
 	}
 	if r.cfg.StopTimeout <= 0 {
 		r.cfg.StopTimeout = 10 * time.Second

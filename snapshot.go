@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/hearth-vm/hearth/rootfs/digest"
 	"github.com/hearth-vm/hearth/snapshot"
 	"github.com/hearth-vm/hearth/store"
 	"github.com/hearth-vm/hearth/vmm"
+	"golang.org/x/sys/unix"
 )
 
 // Files of a snapshot directory.
@@ -120,17 +122,36 @@ func (r *Runtime) writeSnapshotFiles(ctx context.Context, e *vmEntry, spec Spec,
 	id := e.rec.ID
 	req := vmm.SnapshotRequest{StatePath: pend.StatePath, MemPath: pend.MemPath}
 	if err := e.machine.Snapshot(ctx, req); err != nil {
-		return vmmErr(op, id, KindUnsupported, err)
+		return vmmErr(op, id, KindUnsupported, withDiskFull(pend.Dir, err))
 	}
 	// The disk must match the memory image, so it is copied while the VM
 	// is paused. A read-only rootfs is shared and never changes.
 	if !spec.RootfsReadOnly {
 		src := filepath.Join(r.vmDir(e.rec.Key), "rootfs.ext4")
 		if err := cloneDisk(ctx, src, pend.Path(snapRootfs), "", false); err != nil {
-			return newErr(KindRootfs, op, id, err)
+			return newErr(KindRootfs, op, id, fmt.Errorf("copy the VM's disk: %w", err))
 		}
 	}
 	return nil
+}
+
+// diskFullBelow is the free space under which a failed write is put down
+// to a full disk.
+const diskFullBelow = 1 << 20
+
+// withDiskFull adds ENOSPC to err's chain when dir's filesystem is out of
+// space. A VMM that fails to write a snapshot says why only in its message
+// ("No space left on device (os error 28)"); with this, callers learn it
+// with errors.Is(err, syscall.ENOSPC) and need not parse the message.
+func withDiskFull(dir string, err error) error {
+	var st unix.Statfs_t
+	if unix.Statfs(dir, &st) != nil {
+		return err
+	}
+	if free := int64(st.Bavail) * st.Bsize; free < diskFullBelow {
+		return fmt.Errorf("%w (the snapshot's filesystem is full, %d bytes free: %w)", err, free, syscall.ENOSPC)
+	}
+	return err
 }
 
 func snapshotView(rec store.Snapshot) SnapshotView {
