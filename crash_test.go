@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -18,10 +19,18 @@ import (
 
 // The crash-consistency test kills the process running the runtime (as
 // kill -9 would, with os.Exit and no cleanup) right before each step of
-// the create pipeline, with a real VMM process (the Firecracker
-// simulator) that outlives it. After a restart, the VM must be either
-// fully there and working or fully gone, with no VMM process, directory
-// or allocation left behind.
+// create, restore, snapshot and destroy, with a real VMM process (the
+// Firecracker simulator) that outlives it. After a restart:
+//   - a created or restored VM is either fully there and working or fully
+//     gone;
+//   - a snapshot is either complete and verifiable or absent (its name
+//     free again, no fragment on disk), and its source VM runs: a crash
+//     inside the pause window leaves it paused, and reconcile resumes it,
+//     because a snapshot never leaves a running VM paused;
+//   - a destroy that began (past its first step, which marks the record)
+//     is finished; one that did not leaves the VM running and usable;
+//
+// and no VMM process, directory or allocation is left behind.
 
 const (
 	envCrashStep  = "HEARTH_TEST_CRASH_STEP"
@@ -45,29 +54,45 @@ func TestCrashChild(t *testing.T) {
 		}
 		return nil
 	}
-	spec := crashSpec(os.Getenv(envCrashState), os.Getenv(envCrashOp) != "restore")
-	if os.Getenv(envCrashOp) == "restore" {
-		// A running VM and its snapshot, then a restore that dies.
-		if _, err := rt.Create(ctx, "src", spec); err != nil {
+	op := os.Getenv(envCrashOp)
+	spec := crashSpec(os.Getenv(envCrashState), op != "restore")
+	if op == "create" {
+		rt.inject = crash
+		if _, err := rt.Create(ctx, "v", spec); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := rt.Start(ctx, "src"); err != nil {
-			t.Fatal(err)
-		}
+		os.Exit(0) // completed; still no Close
+	}
+	// A running VM, then the operation that dies.
+	src := "v"
+	if op == "restore" {
+		src = "src"
+	}
+	if _, err := rt.Create(ctx, src, spec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Start(ctx, src); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	switch op {
+	case "restore":
 		if _, err := rt.Snapshot(ctx, "src", "s"); err != nil {
 			t.Fatal(err)
 		}
 		rt.inject = crash
-		if _, err := rt.Restore(ctx, RestoreSpec{Snapshot: "s", VM: "v", Paused: true}); err != nil {
-			t.Fatal(err)
-		}
-		os.Exit(0)
+		_, err = rt.Restore(ctx, RestoreSpec{Snapshot: "s", VM: "v", Paused: true})
+	case "snapshot":
+		rt.inject = crash
+		_, err = rt.Snapshot(ctx, "v", "s")
+	case "destroy":
+		rt.inject = crash
+		err = rt.Destroy(ctx, "v")
 	}
-	rt.inject = crash
-	if _, err := rt.Create(ctx, "v", spec); err != nil {
+	if err != nil {
 		t.Fatal(err)
 	}
-	os.Exit(0) // completed; still no Close
+	os.Exit(0)
 }
 
 // crashSpec is the VM of the test; with agent it also holds a vsock CID
@@ -111,12 +136,17 @@ func TestCrashConsistency(t *testing.T) {
 
 	type run struct{ op, step string }
 	var runs []run
-	for _, s := range append(stepNames((&Runtime{}).createSteps(&createPlan{})), "none") {
-		runs = append(runs, run{"create", s})
+	for op, steps := range map[string][]step{
+		"create":   (&Runtime{}).createSteps(&createPlan{}),
+		"restore":  (&Runtime{}).restoreSteps(&createPlan{}),
+		"snapshot": (&Runtime{}).snapshotSteps(&snapPlan{}),
+		"destroy":  (&Runtime{}).destroySteps(&destroyPlan{}),
+	} {
+		for _, s := range append(stepNames(steps), "none") {
+			runs = append(runs, run{op, s})
+		}
 	}
-	for _, s := range append(stepNames((&Runtime{}).restoreSteps(&createPlan{})), "none") {
-		runs = append(runs, run{"restore", s})
-	}
+	slices.SortStableFunc(runs, func(a, b run) int { return strings.Compare(a.op, b.op) })
 	for i, rn := range runs {
 		step := rn.step
 		t.Run(rn.op+"/"+step, func(t *testing.T) {
@@ -140,39 +170,13 @@ func TestCrashConsistency(t *testing.T) {
 			rt := openCrashRuntime(t, state, sim)
 			defer rt.Close()
 			ctx := context.Background()
-			v, gerr := rt.Get(ctx, "v")
-			// A create that did not reach its record is rolled back; one
-			// that completed is adopted with its running VMM.
-			if (gerr == nil) != (step == "none") {
-				t.Fatalf("crash before %q: VM present = %v (report %+v)", step, gerr == nil, rt.Reconciled())
-			}
-			switch {
-			case gerr == nil && rn.op == "restore":
-				// Present: the paused clone resumes.
-				if v.Status != StatusPaused {
-					t.Fatalf("after restart: %s", v.Status)
-				}
-				if _, err := rt.Resume(ctx, "v"); err != nil {
-					t.Fatalf("resume the surviving clone: %v", err)
-				}
-				if err := rt.Destroy(ctx, "v"); err != nil {
-					t.Fatal(err)
-				}
-			case gerr == nil:
-				// Present: it must work.
-				if v.Status != StatusCreated {
-					t.Fatalf("after restart: %s", v.Status)
-				}
-				if _, err := rt.Start(ctx, "v"); err != nil {
-					t.Fatalf("start the surviving VM: %v", err)
-				}
-				if err := rt.Destroy(ctx, "v"); err != nil {
-					t.Fatal(err)
-				}
-			case errors.Is(gerr, ErrVMNotFound):
-				// Gone: nothing of it may remain.
-			default:
-				t.Fatal(gerr)
+			switch rn.op {
+			case "create", "restore":
+				checkCrashedCreate(t, rt, rn.op, step)
+			case "snapshot":
+				checkCrashedSnapshot(t, rt, state, step)
+			case "destroy":
+				checkCrashedDestroy(t, rt, step)
 			}
 			if rn.op == "restore" {
 				// The source survived the crash, running, and its snapshot
@@ -210,6 +214,157 @@ func TestCrashConsistency(t *testing.T) {
 			}
 		})
 	}
+}
+
+// checkCrashedCreate: a create or restore that did not reach its record is
+// rolled back; one that completed is adopted with its running VMM, and
+// works.
+func checkCrashedCreate(t *testing.T, rt *Runtime, op, step string) {
+	t.Helper()
+	ctx := context.Background()
+	v, gerr := rt.Get(ctx, "v")
+	if (gerr == nil) != (step == "none") {
+		t.Fatalf("crash before %q: VM present = %v (report %+v)", step, gerr == nil, rt.Reconciled())
+	}
+	switch {
+	case gerr == nil && op == "restore":
+		// Present: the paused clone resumes.
+		if v.Status != StatusPaused {
+			t.Fatalf("after restart: %s", v.Status)
+		}
+		if _, err := rt.Resume(ctx, "v"); err != nil {
+			t.Fatalf("resume the surviving clone: %v", err)
+		}
+		if err := rt.Destroy(ctx, "v"); err != nil {
+			t.Fatal(err)
+		}
+	case gerr == nil:
+		if v.Status != StatusCreated {
+			t.Fatalf("after restart: %s", v.Status)
+		}
+		if _, err := rt.Start(ctx, "v"); err != nil {
+			t.Fatalf("start the surviving VM: %v", err)
+		}
+		if err := rt.Destroy(ctx, "v"); err != nil {
+			t.Fatal(err)
+		}
+	case errors.Is(gerr, ErrVMNotFound):
+		// Gone: nothing of it may remain (checked by the caller).
+	default:
+		t.Fatal(gerr)
+	}
+}
+
+// checkCrashedSnapshot: the snapshot is complete and verifiable only when
+// the snapshot finished (its record is the commit point); otherwise it is
+// gone without a trace and its name is free. The source VM runs and can
+// be snapshotted again.
+func checkCrashedSnapshot(t *testing.T, rt *Runtime, state, step string) {
+	t.Helper()
+	ctx := context.Background()
+	v, err := rt.Get(ctx, "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Status != StatusRunning {
+		t.Fatalf("source after a crash before %q: %s (report %+v)", step, v.Status, rt.Reconciled())
+	}
+	// The VMM itself says so, not just the record.
+	if st := vmmState(t, rt, "v"); st != "Running" {
+		t.Fatalf("source VMM after a crash before %q: %s", step, st)
+	}
+	wantResumed := slices.Contains([]string{"write", "disk", "resume"}, step)
+	if got := slices.Contains(rt.Reconciled().Resumed, "v"); got != wantResumed {
+		t.Fatalf("crash before %q: resumed by reconcile = %v (report %+v)", step, got, rt.Reconciled())
+	}
+	snaps, err := rt.Snapshots(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if step == "none" {
+		if len(snaps) != 1 || snaps[0].Name != "s" {
+			t.Fatalf("snapshots after a completed snapshot: %+v", snaps)
+		}
+		if err := rt.VerifySnapshot(ctx, "s"); err != nil {
+			t.Fatal(err)
+		}
+	} else if len(snaps) != 0 {
+		t.Fatalf("crash before %q left snapshots %+v", step, snaps)
+	}
+	ents, _ := os.ReadDir(filepath.Join(state, "snapshots"))
+	for _, e := range ents {
+		if e.Name() != ".lock" && !(step == "none" && e.Name() == "s") {
+			t.Fatalf("crash before %q left %s in the snapshot store (report %+v)", step, e.Name(), rt.Reconciled())
+		}
+	}
+	// The VM works: it can be snapshotted (under the name of a snapshot
+	// that never completed, too) and the result verifies.
+	name := "s"
+	if step == "none" {
+		name = "s2"
+	}
+	if _, err := rt.Snapshot(ctx, "v", name); err != nil {
+		t.Fatalf("snapshot after restart: %v", err)
+	}
+	if err := rt.VerifySnapshot(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := rt.Get(ctx, "v"); v.Status != StatusRunning {
+		t.Fatalf("after a second snapshot: %s", v.Status)
+	}
+	if err := rt.Destroy(ctx, "v"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkCrashedDestroy: a destroy that crashed before marking the record
+// never happened (the VM runs and works); any later crash is finished by
+// reconcile.
+func checkCrashedDestroy(t *testing.T, rt *Runtime, step string) {
+	t.Helper()
+	ctx := context.Background()
+	v, err := rt.Get(ctx, "v")
+	switch step {
+	case "mark":
+		if err != nil || v.Status != StatusRunning {
+			t.Fatalf("VM after a crash before the destroy began: %+v %v", v, err)
+		}
+		if _, err := rt.Pause(ctx, "v"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rt.Resume(ctx, "v"); err != nil {
+			t.Fatal(err)
+		}
+		if err := rt.Destroy(ctx, "v"); err != nil {
+			t.Fatal(err)
+		}
+	default:
+		if !errors.Is(err, ErrVMNotFound) {
+			t.Fatalf("crash before %q: VM still there: %+v %v (report %+v)", step, v, err, rt.Reconciled())
+		}
+		if finished := slices.Contains(rt.Reconciled().Destroyed, "v"); finished != (step != "none") {
+			t.Fatalf("crash before %q: destroy finished by reconcile = %v", step, finished)
+		}
+	}
+}
+
+// vmmState asks the VM's VMM for its state (GET /).
+func vmmState(t *testing.T, rt *Runtime, id string) string {
+	t.Helper()
+	rt.mu.Lock()
+	e := rt.vms[id]
+	rt.mu.Unlock()
+	e.mu.Lock()
+	m, ok := e.machine.(*firecracker.Machine)
+	e.mu.Unlock()
+	if !ok {
+		t.Fatalf("vm %s has no firecracker machine", id)
+	}
+	info, err := m.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State
 }
 
 func stepNames(steps []step) []string {

@@ -10,7 +10,8 @@ import (
 type Kind int
 
 // The error kinds. The first sixteen mirror the seed crate's
-// VmRuntimeError variants; InvalidArgument, VMM and Integrity are hearth's.
+// VmRuntimeError variants; InvalidArgument, VMM, Integrity and Timeout are
+// hearth's.
 const (
 	KindUnknown Kind = iota
 	KindVMAlreadyExists
@@ -38,6 +39,10 @@ const (
 	KindVMM
 	// KindIntegrity: a file's digest does not match its manifest.
 	KindIntegrity
+	// KindTimeout: the VMM's API or the guest agent did not answer within
+	// its deadline (a hung VMM or guest). The state did not change as
+	// asked; what holds instead is documented on each operation.
+	KindTimeout
 )
 
 var kindNames = [...]string{
@@ -61,6 +66,7 @@ var kindNames = [...]string{
 	KindInvalidArgument:       "invalid_argument",
 	KindVMM:                   "vmm",
 	KindIntegrity:             "integrity",
+	KindTimeout:               "timeout",
 }
 
 // Kinds lists every kind except KindUnknown, in declaration order.
@@ -125,6 +131,7 @@ var (
 	ErrInvalidArgument       = &Error{Kind: KindInvalidArgument}
 	ErrVMM                   = &Error{Kind: KindVMM}
 	ErrIntegrity             = &Error{Kind: KindIntegrity}
+	ErrTimeout               = &Error{Kind: KindTimeout}
 )
 
 // Error is the one error type hearth returns. Kind says what went wrong,

@@ -19,10 +19,10 @@ func TestErrorKindsAndSentinels(t *testing.T) {
 		KindFirewall: ErrFirewall, KindJailer: ErrJailer, KindNetworkConfig: ErrNetworkConfig,
 		KindNetworkSetup: ErrNetworkSetup, KindRootfs: ErrRootfs, KindUffd: ErrUffd,
 		KindGuestMetadata: ErrGuestMetadata, KindInvalidArgument: ErrInvalidArgument,
-		KindVMM: ErrVMM, KindIntegrity: ErrIntegrity,
+		KindVMM: ErrVMM, KindIntegrity: ErrIntegrity, KindTimeout: ErrTimeout,
 	}
-	if len(Kinds()) != 19 || len(sentinels) != 19 {
-		t.Fatalf("want 19 kinds (16 seed variants + 3), have %d kinds, %d sentinels", len(Kinds()), len(sentinels))
+	if len(Kinds()) != 20 || len(sentinels) != 20 {
+		t.Fatalf("want 20 kinds (16 seed variants + 4), have %d kinds, %d sentinels", len(Kinds()), len(sentinels))
 	}
 	for _, k := range Kinds() {
 		s, ok := sentinels[k]

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/hearth-vm/hearth/store"
@@ -20,8 +21,12 @@ func specOf(e *vmEntry) (Spec, error) {
 	return s, nil
 }
 
-// transition checks op against the state machine for a locked VM.
+// transition checks op against the state machine for a locked VM. A VM
+// whose destroy is under way accepts nothing but Destroy.
 func transition(e *vmEntry, op Op) (Status, error) {
+	if e.rec.Destroying && op != OpDestroy {
+		return "", &Error{Kind: KindInvalidTransition, Op: string(op), VM: e.rec.ID, From: "destroying", To: opTarget(op)}
+	}
 	to, err := Next(Status(e.rec.Status), op)
 	if err != nil {
 		var he *Error
@@ -180,6 +185,10 @@ func (r *Runtime) Stop(ctx context.Context, id string) (View, error) {
 // removes its record; the id can then be reused. Snapshots taken from the
 // VM are kept. When a resource cannot be released the record stays (status
 // stopped) listing what is left, and Destroy can be retried.
+//
+// The record is marked Destroying before anything is touched, so a
+// runtime that dies mid-destroy finishes it when it reopens: a VM is never
+// left half destroyed. A VM marked so accepts only Destroy.
 func (r *Runtime) Destroy(ctx context.Context, id string) error {
 	const op = "destroy"
 	e, err := r.lockVM(op, id)
@@ -190,34 +199,120 @@ func (r *Runtime) Destroy(ctx context.Context, id string) error {
 	if _, err := transition(e, OpDestroy); err != nil {
 		return err
 	}
-	e.closeAgent()
-	if e.machine != nil {
-		if err := e.machine.Kill(); err != nil {
-			return newErr(KindShutdown, op, id, err)
-		}
-		e.machine = nil
+	p := &destroyPlan{id: id, e: e, done: make([]bool, len(e.rec.Resources))}
+	if err := runSteps(ctx, r.destroySteps(p), r.inject, nil); err != nil {
+		return err
 	}
-	e.rec.Handle = nil
-	left, relErr := r.releaseAll(e.rec.Resources)
-	if relErr != nil {
-		e.rec.Resources = left
-		e.rec.Status = string(StatusStopped)
-		if err := r.save(op, e); err != nil {
-			return errors.Join(newErr(KindUnsupported, op, id, relErr), err)
-		}
-		return newErr(KindUnsupported, op, id, fmt.Errorf("some resources could not be released: %w", relErr))
-	}
-	if err := r.st.DeleteVM(id); err != nil {
-		return newErr(KindStatePoisoned, op, id, err)
-	}
-	e.gone = true
-	r.mu.Lock()
-	if r.vms[id] == e {
-		delete(r.vms, id)
-	}
-	r.mu.Unlock()
 	r.emit(id, "destroyed", StatusDestroyed, "")
 	return nil
+}
+
+// destroyPlan carries what the steps of one destroy share.
+type destroyPlan struct {
+	id   string
+	e    *vmEntry
+	done []bool // by index into e.rec.Resources: released
+	errs []error
+}
+
+// releaseKinds releases, in reverse order of acquisition, the resources
+// of the given kinds that are not released yet. Failures are collected,
+// not returned: every other resource is still released, and the record
+// step keeps what is left.
+func (r *Runtime) releaseKinds(p *destroyPlan, kinds ...string) {
+	res := p.e.rec.Resources
+	for i := len(res) - 1; i >= 0; i-- {
+		if p.done[i] || (len(kinds) > 0 && !slices.Contains(kinds, res[i].Kind)) {
+			continue
+		}
+		p.done[i] = true
+		if err := r.release(res[i]); err != nil {
+			p.done[i] = false
+			p.errs = append(p.errs, err)
+		}
+	}
+}
+
+// destroySteps are the steps of a destroy, in reverse order of the
+// create pipeline's acquisitions. Only the first can fail the destroy
+// early; release failures are collected and reported by the last.
+func (r *Runtime) destroySteps(p *destroyPlan) []step {
+	const op = "destroy"
+	release := func(name string, kinds ...string) step {
+		return step{name: name, do: func(context.Context) error {
+			r.releaseKinds(p, kinds...)
+			return nil
+		}}
+	}
+	return []step{
+		{
+			name: "mark",
+			do: func(ctx context.Context) error {
+				if p.e.rec.Destroying {
+					return nil // a retry
+				}
+				p.e.rec.Destroying = true
+				if err := r.save(op, p.e); err != nil {
+					p.e.rec.Destroying = false
+					return err
+				}
+				return nil
+			},
+		},
+		{
+			name: "stop",
+			do: func(ctx context.Context) error {
+				p.e.closeAgent()
+				if p.e.machine != nil {
+					if err := p.e.machine.Kill(); err != nil {
+						return newErr(KindShutdown, op, p.id, err)
+					}
+					p.e.machine = nil
+				}
+				p.e.rec.Handle = nil
+				// Helper processes (page-fault servers) go with the VMM.
+				r.releaseKinds(p, resProcess)
+				return nil
+			},
+		},
+		release("firewall", resFirewall),
+		release("network", resNetwork),
+		release("jail", resJail),
+		release("allocations", resAlloc),
+		release("dir", resDir),
+		{
+			name: "record",
+			do: func(ctx context.Context) error {
+				r.releaseKinds(p) // any kind a newer runtime added
+				e := p.e
+				if len(p.errs) > 0 {
+					var left []store.Resource
+					for i, x := range e.rec.Resources {
+						if !p.done[i] {
+							left = append(left, x)
+						}
+					}
+					relErr := errors.Join(p.errs...)
+					e.rec.Resources = left
+					e.rec.Status = string(StatusStopped)
+					if err := r.save(op, e); err != nil {
+						return errors.Join(newErr(KindUnsupported, op, p.id, relErr), err)
+					}
+					return newErr(KindUnsupported, op, p.id, fmt.Errorf("some resources could not be released: %w", relErr))
+				}
+				if err := r.st.DeleteVM(p.id); err != nil {
+					return newErr(KindStatePoisoned, op, p.id, err)
+				}
+				e.gone = true
+				r.mu.Lock()
+				if r.vms[p.id] == e {
+					delete(r.vms, p.id)
+				}
+				r.mu.Unlock()
+				return nil
+			},
+		},
+	}
 }
 
 // Rename gives a VM a new id, e.g. to hand a pre-restored pool VM to the

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hearth-vm/hearth/store"
 	"github.com/hearth-vm/hearth/vmm"
@@ -33,8 +34,17 @@ func (r *Runtime) reconcile(ctx context.Context) error {
 			}
 			r.report.Abandoned = append(r.report.Abandoned, rec.ID)
 			continue
+		case rec.Destroying:
+			// The previous runtime died mid-destroy: finish it.
+			if r.finishDestroy(ctx, e) {
+				r.report.Destroyed = append(r.report.Destroyed, rec.ID)
+				continue
+			}
 		case st.HasProcess():
 			r.adopt(ctx, e)
+			if e.machine != nil && e.rec.PausedFor != "" {
+				r.resumeInterruptedSnapshot(ctx, e)
+			}
 		case !st.Valid():
 			return newErr(KindStatePoisoned, op, rec.ID, fmt.Errorf("unknown status %q", rec.Status))
 		}
@@ -71,12 +81,67 @@ func (r *Runtime) adopt(ctx context.Context, e *vmEntry) {
 		e.rec.Exit = "vmm could not be adopted: " + err.Error()
 	}
 	e.rec.Handle = nil
+	e.rec.PausedFor = ""
 	if err := r.st.PutVM(e.rec); err != nil {
 		r.log.Error("record crash", "vm", e.rec.ID, "err", err)
 	}
 	r.report.Crashed = append(r.report.Crashed, e.rec.ID)
 	r.emit(e.rec.ID, "crashed", StatusCrashed, e.rec.Exit)
 }
+
+// finishDestroy completes a destroy the previous runtime began: kill its
+// VMM if it still runs, release every resource and drop the record. When
+// a resource cannot be released the VM stays, stopped, still marked, with
+// what is left (Destroy retries); Open goes on either way.
+func (r *Runtime) finishDestroy(ctx context.Context, e *vmEntry) bool {
+	if h := e.rec.Handle; h != nil {
+		if b, err := r.backendFor(e.rec.Backend); err == nil {
+			if m, err := b.Adopt(ctx, *h); err == nil {
+				if err := m.Kill(); err != nil {
+					r.log.Warn("finish interrupted destroy: kill vmm", "vm", e.rec.ID, "err", err)
+				}
+			}
+		}
+	}
+	e.rec.Handle = nil
+	left, err := r.releaseAll(e.rec.Resources)
+	if err == nil {
+		if err = r.st.DeleteVM(e.rec.ID); err == nil {
+			return true
+		}
+	}
+	r.log.Warn("could not finish an interrupted destroy; the VM stays, stopped, for Destroy to retry", "vm", e.rec.ID, "err", err)
+	e.rec.Resources = left
+	e.rec.Status = string(StatusStopped)
+	if err := r.st.PutVM(e.rec); err != nil {
+		r.log.Error("record interrupted destroy", "vm", e.rec.ID, "err", err)
+	}
+	return false
+}
+
+// resumeInterruptedSnapshot resumes a running VM that a snapshot had
+// paused when the previous runtime died: a snapshot never leaves a
+// running VM paused, and the snapshot itself is rolled back (reclaim
+// removes incomplete ones). A VMM that does not resume leaves the VM
+// recorded as paused, which is then the truth as far as hearth can tell.
+func (r *Runtime) resumeInterruptedSnapshot(ctx context.Context, e *vmEntry) {
+	rctx, cancel := context.WithTimeout(ctx, reconcileCallTimeout)
+	defer cancel()
+	if err := e.machine.Resume(rctx); err != nil {
+		r.log.Warn("vm paused by an interrupted snapshot did not resume; recording it paused", "vm", e.rec.ID, "snapshot", e.rec.PausedFor, "err", err)
+		e.rec.Status = string(StatusPaused)
+	} else {
+		r.report.Resumed = append(r.report.Resumed, e.rec.ID)
+	}
+	e.rec.PausedFor = ""
+	if err := r.st.PutVM(e.rec); err != nil {
+		r.log.Error("record resume after interrupted snapshot", "vm", e.rec.ID, "err", err)
+	}
+}
+
+// reconcileCallTimeout bounds each VMM call reconcile makes, so that one
+// hung VMM cannot hold up Open.
+const reconcileCallTimeout = 10 * time.Second
 
 // abandon rolls back a create that never finished: kill its VMM if one
 // was launched, release its resources and drop the record.

@@ -114,6 +114,11 @@ type ReconcileReport struct {
 	Crashed []string `json:"crashed,omitempty"`
 	// Abandoned creates (the runtime died mid-pipeline) that were rolled back.
 	Abandoned []string `json:"abandoned,omitempty"`
+	// Destroyed VMs whose destroy the previous runtime began and this
+	// one finished.
+	Destroyed []string `json:"destroyed,omitempty"`
+	// Resumed VMs that an interrupted snapshot had left paused.
+	Resumed []string `json:"resumed,omitempty"`
 	// Reclaimed host resources no record owned.
 	Reclaimed []string `json:"reclaimed,omitempty"`
 }
@@ -380,7 +385,8 @@ func newKey() string {
 }
 
 // vmmErr classifies an error from a backend: a refusal by the VMM is
-// KindVMM, anything else keeps fallback.
+// KindVMM, a call that found no answer within its deadline KindTimeout,
+// anything else keeps fallback.
 func vmmErr(op, vm string, fallback Kind, err error) error {
 	if err == nil {
 		return nil
@@ -389,7 +395,20 @@ func vmmErr(op, vm string, fallback Kind, err error) error {
 	if errors.As(err, &re) {
 		return newErr(KindVMM, op, vm, err)
 	}
+	if isTimeout(err) {
+		return asHearth(KindTimeout, op, vm, err)
+	}
 	return asHearth(fallback, op, vm, err)
+}
+
+// isTimeout reports whether err is a deadline that passed (a call's own
+// or its context's).
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+		return true
+	}
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout()
 }
 
 // Get returns one VM.

@@ -930,3 +930,50 @@ func TestSnapshotVerifyAndGC(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSnapshotFailureAtEveryStep injects a failure at each step of a
+// snapshot of a running VM: no snapshot (record, files or pending
+// directory) remains, and the VM runs again, unmarked.
+func TestSnapshotFailureAtEveryStep(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	if _, err := f.rt.Create(ctx, "v", f.spec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.rt.Start(ctx, "v"); err != nil {
+		t.Fatal(err)
+	}
+	snapDir := filepath.Join(f.rt.StateDir(), "snapshots")
+	for _, s := range f.rt.snapshotSteps(&snapPlan{}) {
+		t.Run(s.name, func(t *testing.T) {
+			files := listDir(t, snapDir)
+			injected := errors.New("injected failure at " + s.name)
+			f.rt.inject = func(name string) error {
+				if name == s.name {
+					return injected
+				}
+				return nil
+			}
+			defer func() { f.rt.inject = nil }()
+			if _, err := f.rt.Snapshot(ctx, "v", "s"); !errors.Is(err, injected) {
+				t.Fatalf("want the injected error, got %v", err)
+			}
+			if snaps, _ := f.rt.st.ListSnapshots(); len(snaps) != 0 {
+				t.Fatalf("snapshot records left: %+v", snaps)
+			}
+			if got := listDir(t, snapDir); !reflect.DeepEqual(files, got) {
+				t.Fatalf("files changed:\nbefore %v\nafter  %v", files, got)
+			}
+			v, _ := f.rt.Get(ctx, "v")
+			if v.Status != StatusRunning || f.machine("v").State() != "running" {
+				t.Fatalf("after a failed snapshot: %s, machine %s", v.Status, f.machine("v").State())
+			}
+			if rec, _ := f.rt.st.GetVM("v"); rec.PausedFor != "" {
+				t.Fatalf("VM still marked paused for %q", rec.PausedFor)
+			}
+		})
+	}
+	if _, err := f.rt.Snapshot(ctx, "v", "s"); err != nil {
+		t.Fatalf("snapshot without failure: %v", err)
+	}
+}

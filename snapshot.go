@@ -28,6 +28,11 @@ const (
 // for the write and resumed afterwards, whether the write succeeded or
 // not; a paused VM stays paused. A failed write leaves no partial snapshot.
 // Snapshots outlive the VM: destroying it keeps them.
+//
+// The write is a pipeline of steps (see snapshotSteps), so that a failure
+// at any step undoes the ones before it and a crash at any step is
+// repaired by the next Open: the snapshot is then complete or absent, and
+// a VM paused for it runs again.
 func (r *Runtime) Snapshot(ctx context.Context, id, name string) (SnapshotView, error) {
 	const op = "snapshot"
 	if err := ValidateSnapshotName(name); err != nil {
@@ -41,98 +46,178 @@ func (r *Runtime) Snapshot(ctx context.Context, id, name string) (SnapshotView, 
 	if _, err := transition(e, OpSnapshot); err != nil {
 		return SnapshotView{}, err
 	}
-	snapErr := func(kind Kind, err error) error {
-		return &Error{Kind: kind, Op: op, VM: id, Snapshot: name, Err: err}
+	spec, err := specOf(e)
+	if err != nil {
+		return SnapshotView{}, &Error{Kind: KindStatePoisoned, Op: op, VM: id, Snapshot: name, Err: err}
 	}
-	rec := store.Snapshot{Name: name, SourceVM: id, Backend: e.rec.Backend, Spec: e.rec.Spec,
+	p := &snapPlan{id: id, name: name, e: e, spec: spec, running: Status(e.rec.Status) == StatusRunning}
+	p.rec = store.Snapshot{Name: name, SourceVM: id, Backend: e.rec.Backend, Spec: e.rec.Spec,
 		Dir: filepath.Join(r.snapshotsDir(), name), CreatedAt: time.Now().UTC(), AgentToken: e.rec.AgentToken}
-	_, rec.HadNIC = attachmentOf(e.rec.Resources)
-	if err := r.st.CreateSnapshot(rec); err != nil {
-		if errors.Is(err, store.ErrExists) {
-			return SnapshotView{}, snapErr(KindSnapshotAlreadyExists, nil)
-		}
-		return SnapshotView{}, snapErr(KindStatePoisoned, err)
-	}
-	if err := r.writeSnapshot(ctx, e, &rec); err != nil {
-		// Nothing partial may stay: the store removed the files; the
-		// record goes too.
-		if derr := r.st.DeleteSnapshot(name); derr != nil {
-			err = errors.Join(err, derr)
-		}
+	_, p.rec.HadNIC = attachmentOf(e.rec.Resources)
+	if err := runSteps(ctx, r.snapshotSteps(p), r.inject, nil); err != nil {
 		var he *Error
 		if errors.As(err, &he) {
 			he.Snapshot = name
 			return SnapshotView{}, err
 		}
-		return SnapshotView{}, snapErr(KindUnsupported, err)
+		return SnapshotView{}, &Error{Kind: KindUnsupported, Op: op, VM: id, Snapshot: name, Err: err}
 	}
 	r.emit(id, "snapshot", Status(e.rec.Status), name)
-	return snapshotView(rec), nil
+	return snapshotView(p.rec), nil
 }
 
-func (r *Runtime) writeSnapshot(ctx context.Context, e *vmEntry, rec *store.Snapshot) error {
-	const op = "snapshot"
-	id := e.rec.ID
-	spec, err := specOf(e)
-	if err != nil {
-		return newErr(KindStatePoisoned, op, id, err)
-	}
-	// The snapshot store writes into a temporary directory that only
-	// Commit renames into place: a failure anywhere leaves nothing.
-	pend, err := r.snaps.Begin(rec.Name)
-	if err != nil {
-		return newErr(KindUnsupported, op, id, err)
-	}
-	running := Status(e.rec.Status) == StatusRunning
-	if running {
-		if err := e.machine.Pause(ctx); err != nil {
-			pend.Abort()
-			return vmmErr(op, id, KindUnsupported, err)
-		}
-	}
-	err = r.writeSnapshotFiles(ctx, e, spec, pend)
-	if running {
-		// Resume even when the write failed: a snapshot must never leave
-		// a running VM paused.
-		if rerr := e.machine.Resume(context.WithoutCancel(ctx)); rerr != nil {
-			err = errors.Join(err, vmmErr(op, id, KindUnsupported, rerr))
-		}
-	}
-	if err != nil {
-		pend.Abort()
-		return err
-	}
-	// Hashing and syncing read every byte written, so they happen after
-	// the resume, outside the VM's pause window.
-	snap, err := pend.Commit(ctx, snapshot.Meta{SourceVM: id, Backend: rec.Backend, Restore: spec, Labels: spec.Labels})
-	if err != nil {
-		return newErr(KindUnsupported, op, id, fmt.Errorf("commit snapshot: %w", err))
-	}
-	rec.Dir = snap.Dir
-	rec.Complete = true
-	if err := r.st.PutSnapshot(*rec); err != nil {
-		r.snaps.Delete(rec.Name)
-		return newErr(KindStatePoisoned, op, id, err)
-	}
-	return nil
+// snapPlan carries what the steps of one snapshot share.
+type snapPlan struct {
+	id, name string
+	e        *vmEntry
+	spec     Spec
+	rec      store.Snapshot
+	pend     *snapshot.Pending
+	// running: the VM ran when the snapshot began, so the snapshot
+	// pauses and resumes it; paused: it is paused by the snapshot now.
+	running, paused bool
 }
 
-func (r *Runtime) writeSnapshotFiles(ctx context.Context, e *vmEntry, spec Spec, pend *snapshot.Pending) error {
+// snapshotSteps are the steps of a snapshot. The record (incomplete)
+// comes first and is marked complete last: reconcile deletes an
+// incomplete one with its files, and the snapshot store removes pending
+// directories when it opens. The VM's record says it is paused for the
+// snapshot (PausedFor) for exactly as long as it may be, so reconcile
+// resumes a VM whose runtime died inside the pause window.
+func (r *Runtime) snapshotSteps(p *snapPlan) []step {
 	const op = "snapshot"
-	id := e.rec.ID
-	req := vmm.SnapshotRequest{StatePath: pend.StatePath, MemPath: pend.MemPath}
-	if err := e.machine.Snapshot(ctx, req); err != nil {
-		return vmmErr(op, id, KindUnsupported, withDiskFull(pend.Dir, err))
+	return []step{
+		{
+			name: "begin",
+			do: func(ctx context.Context) error {
+				if err := r.st.CreateSnapshot(p.rec); err != nil {
+					if errors.Is(err, store.ErrExists) {
+						return &Error{Kind: KindSnapshotAlreadyExists, Op: op, VM: p.id, Snapshot: p.name}
+					}
+					return newErr(KindStatePoisoned, op, p.id, err)
+				}
+				// The snapshot store writes into a temporary directory
+				// that only Commit renames into place.
+				pend, err := r.snaps.Begin(p.name)
+				if err != nil {
+					if derr := r.st.DeleteSnapshot(p.name); derr != nil {
+						err = errors.Join(err, derr)
+					}
+					if errors.Is(err, snapshot.ErrExists) {
+						return &Error{Kind: KindSnapshotAlreadyExists, Op: op, VM: p.id, Snapshot: p.name, Err: err}
+					}
+					return newErr(KindUnsupported, op, p.id, err)
+				}
+				p.pend = pend
+				return nil
+			},
+			undo: func(ctx context.Context) error {
+				return errors.Join(p.pend.Abort(), r.st.DeleteSnapshot(p.name))
+			},
+		},
+		{
+			name: "pause",
+			do: func(ctx context.Context) error {
+				if !p.running {
+					return nil
+				}
+				p.e.rec.PausedFor = p.name
+				if err := r.save(op, p.e); err != nil {
+					p.e.rec.PausedFor = ""
+					return err
+				}
+				if err := p.e.machine.Pause(ctx); err != nil {
+					// Not confirmed paused: the VM keeps its status. A
+					// VMM that answered nothing may still pause later;
+					// the marker stays in that case, so the next Open
+					// resumes it.
+					if !isTimeout(err) {
+						p.e.rec.PausedFor = ""
+						err = errors.Join(err, r.save(op, p.e))
+					}
+					return vmmErr(op, p.id, KindUnsupported, err)
+				}
+				p.paused = true
+				return nil
+			},
+			undo: func(ctx context.Context) error { return r.resumeAfterSnapshot(ctx, p) },
+		},
+		{
+			name: "write",
+			do: func(ctx context.Context) error {
+				req := vmm.SnapshotRequest{StatePath: p.pend.StatePath, MemPath: p.pend.MemPath}
+				if err := p.e.machine.Snapshot(ctx, req); err != nil {
+					return vmmErr(op, p.id, KindUnsupported, withDiskFull(p.pend.Dir, err))
+				}
+				return nil
+			},
+		},
+		{
+			name: "disk",
+			do: func(ctx context.Context) error {
+				// The disk must match the memory image, so it is copied
+				// while the VM is paused. A read-only rootfs is shared and
+				// never changes.
+				if p.spec.RootfsReadOnly {
+					return nil
+				}
+				src := filepath.Join(r.vmDir(p.e.rec.Key), "rootfs.ext4")
+				if err := cloneDisk(ctx, src, p.pend.Path(snapRootfs), "", false); err != nil {
+					return newErr(KindRootfs, op, p.id, fmt.Errorf("copy the VM's disk: %w", err))
+				}
+				return nil
+			},
+		},
+		{
+			name: "resume",
+			do:   func(ctx context.Context) error { return r.resumeAfterSnapshot(ctx, p) },
+		},
+		{
+			name: "commit",
+			do: func(ctx context.Context) error {
+				// Hashing and syncing read every byte written, so they
+				// happen after the resume, outside the pause window.
+				snap, err := p.pend.Commit(ctx, snapshot.Meta{SourceVM: p.id, Backend: p.rec.Backend, Restore: p.spec, Labels: p.spec.Labels})
+				if err != nil {
+					return newErr(KindUnsupported, op, p.id, fmt.Errorf("commit snapshot: %w", err))
+				}
+				p.rec.Dir = snap.Dir
+				return nil
+			},
+			undo: func(ctx context.Context) error {
+				if err := r.snaps.Delete(p.name); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
+					return err
+				}
+				return nil
+			},
+		},
+		{
+			name: "record",
+			do: func(ctx context.Context) error {
+				p.rec.Complete = true
+				if err := r.st.PutSnapshot(p.rec); err != nil {
+					return newErr(KindStatePoisoned, op, p.id, err)
+				}
+				return nil
+			},
+		},
 	}
-	// The disk must match the memory image, so it is copied while the VM
-	// is paused. A read-only rootfs is shared and never changes.
-	if !spec.RootfsReadOnly {
-		src := filepath.Join(r.vmDir(e.rec.Key), "rootfs.ext4")
-		if err := cloneDisk(ctx, src, pend.Path(snapRootfs), "", false); err != nil {
-			return newErr(KindRootfs, op, id, fmt.Errorf("copy the VM's disk: %w", err))
-		}
+}
+
+// resumeAfterSnapshot resumes a VM the snapshot paused (also when the
+// write failed: a snapshot must never leave a running VM paused) and
+// clears its marker. It is a no-op when the snapshot paused nothing.
+func (r *Runtime) resumeAfterSnapshot(ctx context.Context, p *snapPlan) error {
+	const op = "snapshot"
+	if !p.paused {
+		return nil
 	}
-	return nil
+	if err := p.e.machine.Resume(context.WithoutCancel(ctx)); err != nil {
+		return vmmErr(op, p.id, KindUnsupported, err)
+	}
+	p.paused = false
+	p.e.rec.PausedFor = ""
+	return r.save(op, p.e)
 }
 
 // diskFullBelow is the free space under which a failed write is put down

@@ -39,6 +39,8 @@ func StatusOf(k hearth.Kind) int {
 		return http.StatusNotImplemented
 	case hearth.KindVMM:
 		return http.StatusBadGateway
+	case hearth.KindTimeout:
+		return http.StatusGatewayTimeout
 	}
 	return http.StatusInternalServerError
 }

@@ -60,9 +60,17 @@ type VM struct {
 	// AgentTokenPending is the token a restored, still paused clone's
 	// agent still holds (its snapshot source's); the runtime replaces it
 	// when the clone first runs.
-	AgentTokenPending string    `json:"agent_token_pending,omitempty"`
-	CreatedAt         time.Time `json:"created_at"`
-	UpdatedAt         time.Time `json:"updated_at"`
+	AgentTokenPending string `json:"agent_token_pending,omitempty"`
+	// PausedFor names the snapshot whose write paused this (running) VM;
+	// it is set before the pause and cleared after the resume, so a
+	// runtime that died inside the pause window resumes the VM when it
+	// reopens.
+	PausedFor string `json:"paused_for,omitempty"`
+	// Destroying is set before a destroy touches anything: a runtime that
+	// died mid-destroy finishes it when it reopens.
+	Destroying bool      `json:"destroying,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
+	UpdatedAt  time.Time `json:"updated_at"`
 }
 
 // Resource is one host resource held by a VM.

@@ -111,7 +111,7 @@ func runServe(ctx context.Context, cmd *cobra.Command, g *globals, bf *backendFl
 	rtRef.Store(rt)
 	rep := rt.Reconciled()
 	g.log.Info("reconciled state dir", "dir", g.stateDir, "adopted", rep.Adopted, "crashed", rep.Crashed,
-		"abandoned", rep.Abandoned, "reclaimed", rep.Reclaimed)
+		"abandoned", rep.Abandoned, "destroyed", rep.Destroyed, "resumed", rep.Resumed, "reclaimed", rep.Reclaimed)
 
 	l, err := listenUnix(g.socket, gid)
 	if err != nil {
