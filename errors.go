@@ -10,8 +10,8 @@ import (
 type Kind int
 
 // The error kinds. The first sixteen mirror the seed crate's
-// VmRuntimeError variants; InvalidArgument, VMM, Integrity and Timeout are
-// hearth's.
+// VmRuntimeError variants; InvalidArgument, VMM, Integrity, Timeout and the
+// image kinds are hearth's.
 const (
 	KindUnknown Kind = iota
 	KindVMAlreadyExists
@@ -43,6 +43,10 @@ const (
 	// its deadline (a hung VMM or guest). The state did not change as
 	// asked; what holds instead is documented on each operation.
 	KindTimeout
+	// KindImageNotFound and KindImageAlreadyExists are the image catalog's
+	// counterparts of the VM and snapshot kinds (API 404 and 409).
+	KindImageNotFound
+	KindImageAlreadyExists
 )
 
 var kindNames = [...]string{
@@ -67,6 +71,8 @@ var kindNames = [...]string{
 	KindVMM:                   "vmm",
 	KindIntegrity:             "integrity",
 	KindTimeout:               "timeout",
+	KindImageNotFound:         "image_not_found",
+	KindImageAlreadyExists:    "image_already_exists",
 }
 
 // Kinds lists every kind except KindUnknown, in declaration order.
@@ -132,6 +138,8 @@ var (
 	ErrVMM                   = &Error{Kind: KindVMM}
 	ErrIntegrity             = &Error{Kind: KindIntegrity}
 	ErrTimeout               = &Error{Kind: KindTimeout}
+	ErrImageNotFound         = &Error{Kind: KindImageNotFound}
+	ErrImageAlreadyExists    = &Error{Kind: KindImageAlreadyExists}
 )
 
 // Error is the one error type hearth returns. Kind says what went wrong,
@@ -176,6 +184,10 @@ func (e *Error) Error() string {
 		b.WriteString("snapshot already exists")
 	case KindSnapshotNotFound:
 		b.WriteString("snapshot not found")
+	case KindImageNotFound:
+		b.WriteString("image not found")
+	case KindImageAlreadyExists:
+		b.WriteString("image already exists")
 	case KindStatePoisoned:
 		b.WriteString("state store unavailable")
 	case KindInvalidTransition:

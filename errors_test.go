@@ -20,9 +20,10 @@ func TestErrorKindsAndSentinels(t *testing.T) {
 		KindNetworkSetup: ErrNetworkSetup, KindRootfs: ErrRootfs, KindUffd: ErrUffd,
 		KindGuestMetadata: ErrGuestMetadata, KindInvalidArgument: ErrInvalidArgument,
 		KindVMM: ErrVMM, KindIntegrity: ErrIntegrity, KindTimeout: ErrTimeout,
+		KindImageNotFound: ErrImageNotFound, KindImageAlreadyExists: ErrImageAlreadyExists,
 	}
-	if len(Kinds()) != 20 || len(sentinels) != 20 {
-		t.Fatalf("want 20 kinds (16 seed variants + 4), have %d kinds, %d sentinels", len(Kinds()), len(sentinels))
+	if len(Kinds()) != 22 || len(sentinels) != 22 {
+		t.Fatalf("want 22 kinds (16 seed variants + 6), have %d kinds, %d sentinels", len(Kinds()), len(sentinels))
 	}
 	for _, k := range Kinds() {
 		s, ok := sentinels[k]

@@ -29,9 +29,9 @@ type ErrorEnvelope struct {
 // StatusOf maps an error kind to its HTTP status.
 func StatusOf(k hearth.Kind) int {
 	switch k {
-	case hearth.KindVMNotFound, hearth.KindSnapshotNotFound:
+	case hearth.KindVMNotFound, hearth.KindSnapshotNotFound, hearth.KindImageNotFound:
 		return http.StatusNotFound
-	case hearth.KindVMAlreadyExists, hearth.KindSnapshotAlreadyExists, hearth.KindInvalidTransition:
+	case hearth.KindVMAlreadyExists, hearth.KindSnapshotAlreadyExists, hearth.KindImageAlreadyExists, hearth.KindInvalidTransition:
 		return http.StatusConflict
 	case hearth.KindInvalidArgument:
 		return http.StatusBadRequest

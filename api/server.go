@@ -51,6 +51,7 @@ type Runtime interface {
 	Agent(ctx context.Context, id string) (*agent.Client, error)
 	Exec(ctx context.Context, id string, cmd *agent.Cmd) (*agent.ExitStatus, error)
 	SetEgress(ctx context.Context, id string, allow, dns []string) error
+	SetRateLimits(ctx context.Context, id string, u hearth.RateLimits) (hearth.View, error)
 	ConsoleTail(ctx context.Context, id string, n int) ([]string, error)
 	ConsoleFollow(ctx context.Context, id string, w io.Writer) error
 	Reconciled() hearth.ReconcileReport
@@ -119,6 +120,7 @@ type Server struct {
 	routes  []Route
 	events  *Broker
 	metrics http.Handler
+	imgs    Images
 }
 
 // Options configure a Server.
@@ -129,11 +131,13 @@ type Options struct {
 	Events *Broker
 	// Metrics is served at GET /metrics (Prometheus); nil disables it.
 	Metrics http.Handler
+	// Images serves /v1/images; nil answers those routes 501.
+	Images Images
 }
 
 // NewServer builds the API handler for rt.
 func NewServer(rt Runtime, o Options) *Server {
-	s := &Server{rt: rt, log: o.Logger, version: o.Version, started: time.Now().UTC(), mux: http.NewServeMux(), events: o.Events, metrics: o.Metrics}
+	s := &Server{rt: rt, log: o.Logger, version: o.Version, started: time.Now().UTC(), mux: http.NewServeMux(), events: o.Events, metrics: o.Metrics, imgs: o.Images}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -144,6 +148,7 @@ func NewServer(rt Runtime, o Options) *Server {
 	s.handle("POST /v1/vms", s.createVM)
 	s.handle("GET /v1/vms/{id}", s.getVM)
 	s.handle("DELETE /v1/vms/{id}", s.destroyVM)
+	s.handle("PATCH /v1/vms/{id}", s.updateVM)
 	s.handle("POST /v1/vms/{id}/start", s.action(func(ctx context.Context, id string) (hearth.View, error) { return s.rt.Start(ctx, id) }))
 	s.handle("POST /v1/vms/{id}/pause", s.action(func(ctx context.Context, id string) (hearth.View, error) { return s.rt.Pause(ctx, id) }))
 	s.handle("POST /v1/vms/{id}/resume", s.action(func(ctx context.Context, id string) (hearth.View, error) { return s.rt.Resume(ctx, id) }))
@@ -162,6 +167,12 @@ func NewServer(rt Runtime, o Options) *Server {
 	s.handle("GET /v1/vms/{id}/stats", s.stats)
 	s.handle("POST /v1/vms/{id}/exec", s.exec)
 	s.handle("PUT /v1/vms/{id}/egress", s.setEgress)
+	s.handle("GET /v1/images", s.listImages)
+	s.handle("POST /v1/images", s.importImage)
+	s.handle("POST /v1/images/build", s.buildImage)
+	s.handle("GET /v1/images/{name}", s.getImage)
+	s.handle("DELETE /v1/images/{name}", s.deleteImage)
+	s.handle("POST /v1/images/{name}/verify", s.verifyImage)
 	s.handle("GET /metrics", s.prometheus)
 	s.handle("GET /v1/events", s.streamEvents)
 	return s
@@ -370,6 +381,23 @@ func (s *Server) action(f func(context.Context, string) (hearth.View, error)) ht
 		}
 		writeJSON(w, http.StatusOK, v)
 	}
+}
+
+// updateVM changes a live VM's rate limits (PATCH /v1/vms/{id}); the
+// body has the shape of the Spec fields it changes. The egress policy has
+// its own route, PUT /v1/vms/{id}/egress.
+func (s *Server) updateVM(w http.ResponseWriter, r *http.Request) {
+	var req hearth.RateLimits
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, err, 0)
+		return
+	}
+	v, err := s.rt.SetRateLimits(r.Context(), r.PathValue("id"), req)
+	if err != nil {
+		writeError(w, err, 0)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
 }
 
 func (s *Server) renameVM(w http.ResponseWriter, r *http.Request) {

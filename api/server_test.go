@@ -37,7 +37,7 @@ type env struct {
 
 // serve starts the API on a real unix socket over a runtime with the
 // in-memory backend.
-func serve(t *testing.T) *env {
+func serve(t *testing.T, opts ...func(*api.Options)) *env {
 	t.Helper()
 	dir := t.TempDir()
 	k, r := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "rootfs.ext4")
@@ -58,7 +58,11 @@ func serve(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := api.NewServer(rt, api.Options{Version: "test", Events: broker})
+	o := api.Options{Version: "test", Events: broker}
+	for _, f := range opts {
+		f(&o)
+	}
+	srv := api.NewServer(rt, o)
 	hs := &http.Server{Handler: srv}
 	go hs.Serve(l)
 	t.Cleanup(func() {
@@ -282,17 +286,20 @@ func (f errRuntime) Exec(context.Context, string, *agent.Cmd) (*agent.ExitStatus
 	return nil, f.err
 }
 func (f errRuntime) SetEgress(context.Context, string, []string, []string) error { return f.err }
-func (f errRuntime) ConsoleTail(context.Context, string, int) ([]string, error)  { return nil, f.err }
-func (f errRuntime) ConsoleFollow(context.Context, string, io.Writer) error      { return f.err }
-func (f errRuntime) Reconciled() hearth.ReconcileReport                          { return hearth.ReconcileReport{} }
-func (f errRuntime) Backends() []string                                          { return nil }
-func (f errRuntime) DefaultBackend() string                                      { return "" }
-func (f errRuntime) StateDir() string                                            { return "" }
+func (f errRuntime) SetRateLimits(context.Context, string, hearth.RateLimits) (hearth.View, error) {
+	return hearth.View{}, f.err
+}
+func (f errRuntime) ConsoleTail(context.Context, string, int) ([]string, error) { return nil, f.err }
+func (f errRuntime) ConsoleFollow(context.Context, string, io.Writer) error     { return f.err }
+func (f errRuntime) Reconciled() hearth.ReconcileReport                         { return hearth.ReconcileReport{} }
+func (f errRuntime) Backends() []string                                         { return nil }
+func (f errRuntime) DefaultBackend() string                                     { return "" }
+func (f errRuntime) StateDir() string                                           { return "" }
 
 func TestEveryKindMapsToStatus(t *testing.T) {
 	want := map[hearth.Kind]int{
-		hearth.KindVMNotFound: 404, hearth.KindSnapshotNotFound: 404,
-		hearth.KindVMAlreadyExists: 409, hearth.KindSnapshotAlreadyExists: 409, hearth.KindInvalidTransition: 409,
+		hearth.KindVMNotFound: 404, hearth.KindSnapshotNotFound: 404, hearth.KindImageNotFound: 404,
+		hearth.KindVMAlreadyExists: 409, hearth.KindSnapshotAlreadyExists: 409, hearth.KindImageAlreadyExists: 409, hearth.KindInvalidTransition: 409,
 		hearth.KindInvalidArgument: 400, hearth.KindUnsupported: 501, hearth.KindVMM: 502,
 		hearth.KindTimeout: 504,
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/hearth-vm/hearth/agent"
 	"github.com/hearth-vm/hearth/api"
 	"github.com/hearth-vm/hearth/metrics"
+	"github.com/hearth-vm/hearth/rootfs"
 )
 
 // Client talks to a hearth daemon.
@@ -425,4 +426,111 @@ func (c *Client) GetFile(ctx context.Context, id, path string, w io.Writer) (int
 		err = fmt.Errorf("file truncated: %d of %d bytes", n, resp.ContentLength)
 	}
 	return n, err
+}
+
+// SetRateLimits replaces the rate limits of a VM's drives and network
+// interface (see hearth.RateLimits) and returns the updated VM.
+func (c *Client) SetRateLimits(ctx context.Context, id string, u hearth.RateLimits) (hearth.View, error) {
+	var v hearth.View
+	err := c.do(ctx, "PATCH", "/v1/vms/"+esc(id), u, &v)
+	return v, err
+}
+
+// Images lists the daemon's image catalog.
+func (c *Client) Images(ctx context.Context) ([]rootfs.Image, error) {
+	var out api.ImageList
+	err := c.do(ctx, "GET", "/v1/images", nil, &out)
+	return out.Images, err
+}
+
+// GetImage returns one image.
+func (c *Client) GetImage(ctx context.Context, name string) (rootfs.Image, error) {
+	var im rootfs.Image
+	err := c.do(ctx, "GET", "/v1/images/"+esc(name), nil, &im)
+	return im, err
+}
+
+// DeleteImage removes an image from the catalog.
+func (c *Client) DeleteImage(ctx context.Context, name string) error {
+	return c.do(ctx, "DELETE", "/v1/images/"+esc(name), nil, nil)
+}
+
+// VerifyImage re-hashes an image's files against its manifest.
+func (c *Client) VerifyImage(ctx context.Context, name string, cached bool) ([]rootfs.FileCheck, error) {
+	path := "/v1/images/" + esc(name) + "/verify"
+	if cached {
+		path += "?cached=true"
+	}
+	var out api.VerifyImageResult
+	err := c.do(ctx, "POST", path, nil, &out)
+	return out.Files, err
+}
+
+// BuildImage builds an image on the daemon, calling progress (if not nil)
+// for each step as it happens. It returns when the build is done, which
+// may take minutes: bound it with ctx.
+func (c *Client) BuildImage(ctx context.Context, req api.BuildImageRequest, progress func(api.Progress)) (api.BuildImageResult, error) {
+	var res api.BuildImageResult
+	err := c.stream(ctx, "POST", "/v1/images/build", req, progress, &res)
+	return res, err
+}
+
+// ImportImage imports an image on the daemon (paths are the daemon
+// host's), calling progress (if not nil) for each step.
+func (c *Client) ImportImage(ctx context.Context, req api.ImportImageRequest, progress func(api.Progress)) (rootfs.Image, error) {
+	var im rootfs.Image
+	err := c.stream(ctx, "POST", "/v1/images", req, progress, &im)
+	return im, err
+}
+
+// stream sends a request answered either by plain JSON (or an error) or
+// by an NDJSON progress stream ending in a result or error line.
+func (c *Client) stream(ctx context.Context, method, path string, in any, progress func(api.Progress), out any) error {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return fmt.Errorf("encode request: %w", err)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return &hearth.Error{Kind: hearth.KindStatePoisoned, Op: method + " " + path, Err: fmt.Errorf("daemon unreachable: %w", err)}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return decodeError(resp)
+	}
+	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/x-ndjson") {
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			return fmt.Errorf("decode %s %s response: %w", method, path, err)
+		}
+		return nil
+	}
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var l api.StreamLine
+		if err := dec.Decode(&l); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return &hearth.Error{Kind: hearth.KindUnknown, Op: method + " " + path, Err: fmt.Errorf("progress stream ended without a result: %w", err)}
+		}
+		switch {
+		case l.Error != nil:
+			return l.Error.ToError()
+		case l.Result != nil:
+			if err := json.Unmarshal(l.Result, out); err != nil {
+				return fmt.Errorf("decode %s %s result: %w", method, path, err)
+			}
+			return nil
+		case l.Progress != nil && progress != nil:
+			progress(*l.Progress)
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -13,13 +14,16 @@ import (
 	"time"
 
 	"github.com/hearth-vm/hearth"
+	"github.com/hearth-vm/hearth/api"
+	"github.com/hearth-vm/hearth/api/client"
 	"github.com/hearth-vm/hearth/image"
 	"github.com/hearth-vm/hearth/rootfs"
 	"github.com/spf13/cobra"
 )
 
-// imageCmd is `hearth image`: the image catalog under <state-dir>/images.
-// It works on the files directly (no daemon needed): the catalog is safe
+// imageCmd is `hearth image`: the image catalog under <state-dir>/images,
+// through the daemon when one answers on --socket (the same rule as ps,
+// inspect and run), else on the state dir directly: the catalog is safe
 // for concurrent use by several processes.
 func imageCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
@@ -28,7 +32,14 @@ func imageCmd(g *globals) *cobra.Command {
 		Long: `Guest images live in <state-dir>/images/<name>/: rootfs.ext4, vmlinux, an
 optional initrd and manifest.json with the SHA-256 of each file. Files are
 read-only once imported and are verified against the manifest before use
-when they changed on disk.`,
+when they changed on disk.
+
+With a daemon answering on --socket the commands go through it (its state
+dir, its hearth-agent); without one they work on --state-dir directly.`,
+		Example: `  hearth image build default
+  hearth image import alpine ./alpine-rootfs.tar --kernel-from default
+  hearth image ls
+  hearth image verify`,
 	}
 	cmd.AddCommand(imageLsCmd(g), imageBuildCmd(g), imageImportCmd(g), imageRmCmd(g), imageVerifyCmd(g))
 	return cmd
@@ -37,40 +48,80 @@ when they changed on disk.`,
 func openCatalog(g *globals) (*rootfs.Catalog, error) {
 	c, err := rootfs.OpenCatalog(filepath.Join(g.stateDir, "images"), rootfs.CatalogOptions{Logger: g.log})
 	if err != nil {
-		return nil, imageErr("open catalog", err)
+		return nil, api.ImageError("open catalog", "", err)
 	}
 	return c, nil
 }
 
-// imageErr gives catalog errors the kinds scripts and exit codes use.
-func imageErr(op string, err error) error {
-	if err == nil {
-		return nil
+// images returns the daemon's catalog when a daemon answers, else the
+// state dir's, with the same behaviour either way (api.CatalogImages).
+func images(ctx context.Context, g *globals) (api.Images, error) {
+	if c, err := daemon(ctx, g); err == nil {
+		return daemonImages{c}, nil
 	}
-	var ie *rootfs.IntegrityError
-	switch {
-	case errors.As(err, &ie):
-		return &hearth.Error{Kind: hearth.KindIntegrity, Op: op, Err: err}
-	case errors.Is(err, rootfs.ErrInvalidName), errors.Is(err, rootfs.ErrNotFound), errors.Is(err, rootfs.ErrExists),
-		errors.Is(err, rootfs.ErrAgent), errors.Is(err, rootfs.ErrShrink):
-		return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: op, Err: err}
+	cat, err := openCatalog(g)
+	if err != nil {
+		return nil, err
 	}
-	return &hearth.Error{Kind: hearth.KindRootfs, Op: op, Err: err}
+	return &api.CatalogImages{Catalog: cat, CacheDir: filepath.Join(g.stateDir, "cache", "debs"), Logger: g.log,
+		FindAgent: func() (string, error) { return findAgent("") }}, nil
+}
+
+// daemonImages is api.Images through the daemon's API.
+type daemonImages struct{ c *client.Client }
+
+func (d daemonImages) List(ctx context.Context) ([]rootfs.Image, error) { return d.c.Images(ctx) }
+func (d daemonImages) Get(ctx context.Context, n string) (rootfs.Image, error) {
+	return d.c.GetImage(ctx, n)
+}
+func (d daemonImages) Remove(ctx context.Context, n string) error { return d.c.DeleteImage(ctx, n) }
+func (d daemonImages) Verify(ctx context.Context, n string, cached bool) ([]rootfs.FileCheck, error) {
+	return d.c.VerifyImage(ctx, n, cached)
+}
+func (d daemonImages) Build(ctx context.Context, r api.BuildImageRequest, p func(api.Progress)) (api.BuildImageResult, error) {
+	return d.c.BuildImage(ctx, r, p)
+}
+func (d daemonImages) Import(ctx context.Context, r api.ImportImageRequest, p func(api.Progress)) (rootfs.Image, error) {
+	return d.c.ImportImage(ctx, r, p)
+}
+
+// absPath makes a host path absolute (the daemon's working directory is
+// not ours); empty stays empty.
+func absPath(flag, p string) (string, error) {
+	if p == "" {
+		return "", nil
+	}
+	a, err := filepath.Abs(p)
+	if err != nil {
+		return "", &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "flags", Err: fmt.Errorf("%s %q: %w", flag, p, err)}
+	}
+	return a, nil
+}
+
+// agentFlag is --agent, else $HEARTH_AGENT, made absolute; empty lets
+// the catalog's owner find its own.
+func agentFlag(flag string) (string, error) {
+	if flag == "" {
+		flag = os.Getenv("HEARTH_AGENT")
+	}
+	return absPath("--agent", flag)
 }
 
 func imageLsCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "ls",
-		Short: "List images",
-		Args:  cobra.NoArgs,
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List images",
+		Long:    "List the catalog's images with their file sizes, source and age (the manifests with -o json).",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := openCatalog(g)
+			imgs, err := images(cmd.Context(), g)
 			if err != nil {
 				return err
 			}
-			ims, err := c.List(cmd.Context())
+			ims, err := imgs.List(cmd.Context())
 			if err != nil {
-				return imageErr("image ls", err)
+				return err
 			}
 			if ims == nil {
 				ims = []rootfs.Image{}
@@ -156,8 +207,8 @@ func findAgent(flag string) (string, error) {
 }
 
 func imageBuildCmd(g *globals) *cobra.Command {
-	var opts image.BuildOptions
-	var agent, size, name string
+	var req api.BuildImageRequest
+	var agent, size string
 	cmd := &cobra.Command{
 		Use:   "build default",
 		Short: "Build the default guest image from Debian packages",
@@ -169,31 +220,49 @@ to a root filesystem holding busybox-static and the hearth-agent as init.
 
 Run apt-get update first. Downloaded packages are kept in <state-dir>/cache/debs.
 When the inputs (package versions, the agent, the options, the builder) are
-unchanged, the existing image is verified and reused.`,
-		Args: cobra.ExactArgs(1),
+unchanged, the existing image is verified and reused.
+
+Progress is a bar on a terminal and one line per step otherwise. Through a
+daemon the build runs there and its steps stream back; interrupting the
+command cancels it.`,
+		Example: `  hearth image build default
+  hearth image build default --force --size 512M
+  hearth image build default --kernel-deb ./linux-image.deb --busybox-deb ./busybox-static.deb`,
+		Args:      cobra.ExactArgs(1),
+		ValidArgs: []string{"default"},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if args[0] != "default" {
-				return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "image build", Err: fmt.Errorf("unknown recipe %q (only \"default\")", args[0])}
+			const op = "image build"
+			req.Recipe = args[0]
+			if req.Recipe != "default" {
+				return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: op, Err: fmt.Errorf("unknown recipe %q (only \"default\")", args[0])}
 			}
 			var err error
-			if opts.Agent, err = findAgent(agent); err != nil {
-				return imageErr("image build", err)
+			if req.Agent, err = agentFlag(agent); err != nil {
+				return err
 			}
-			if opts.RootfsSize, err = parseSize(size); err != nil {
-				return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "image build", Err: err}
+			if req.Agent != "" {
+				if err := rootfs.CheckAgent(req.Agent); err != nil {
+					return api.ImageError(op, "", err)
+				}
 			}
-			c, err := openCatalog(g)
+			if req.SizeBytes, err = parseSize(size); err != nil {
+				return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: op, Err: err}
+			}
+			if req.KernelDeb, err = absPath("--kernel-deb", req.KernelDeb); err != nil {
+				return err
+			}
+			if req.BusyboxDeb, err = absPath("--busybox-deb", req.BusyboxDeb); err != nil {
+				return err
+			}
+			imgs, err := images(cmd.Context(), g)
 			if err != nil {
 				return err
 			}
-			opts.Name = name
-			opts.CacheDir = filepath.Join(g.stateDir, "cache", "debs")
-			opts.Logger = g.log
-			errw := cmd.ErrOrStderr()
-			opts.Progress = func(n, total int, msg string) { fmt.Fprintf(errw, "[%d/%d] %s\n", n, total, msg) }
-			res, err := image.BuildDefault(cmd.Context(), c, opts)
+			pr := newProgress(cmd.ErrOrStderr())
+			res, err := imgs.Build(cmd.Context(), req, func(p api.Progress) { pr.Step(p.Step, p.Total, p.Message) })
+			pr.Done()
 			if err != nil {
-				return imageErr("image build", err)
+				return err
 			}
 			if g.output == "json" {
 				return writeJSON(cmd.OutOrStdout(), res)
@@ -203,26 +272,27 @@ unchanged, the existing image is verified and reused.`,
 				state = "up to date"
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s %s: kernel %s %s (%s), %d modules, rootfs %s, in %s\n", res.Image.Name, state,
-				res.Kernel.Name, res.Kernel.Version, res.Release, len(res.Modules), humanBytes(res.Image.Files[rootfs.RootfsFile].Size), res.Took.Round(time.Millisecond))
+				res.KernelPackage, res.KernelVersion, res.Release, len(res.Modules), humanBytes(res.Image.Files[rootfs.RootfsFile].Size),
+				(time.Duration(res.TookMs) * time.Millisecond).Round(time.Millisecond))
 			return nil
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&agent, "agent", "", "hearth-agent binary (default: $HEARTH_AGENT, next to hearth, or on $PATH)")
-	f.StringVar(&name, "name", image.DefaultName, "catalog name of the image")
-	f.StringVar(&opts.KernelPackage, "kernel-package", image.DefaultKernelPackage, "Debian kernel (meta-)package")
-	f.StringVar(&opts.BusyboxPackage, "busybox-package", image.DefaultBusyboxPackage, "Debian busybox package (static)")
-	f.StringVar(&opts.KernelDeb, "kernel-deb", "", "use this kernel .deb instead of fetching one")
-	f.StringVar(&opts.BusyboxDeb, "busybox-deb", "", "use this busybox .deb instead of fetching one")
+	f.StringVar(&req.Name, "name", image.DefaultName, "catalog name of the image")
+	f.StringVar(&req.KernelPackage, "kernel-package", image.DefaultKernelPackage, "Debian kernel (meta-)package")
+	f.StringVar(&req.BusyboxPackage, "busybox-package", image.DefaultBusyboxPackage, "Debian busybox package (static)")
+	f.StringVar(&req.KernelDeb, "kernel-deb", "", "use this kernel .deb instead of fetching one")
+	f.StringVar(&req.BusyboxDeb, "busybox-deb", "", "use this busybox .deb instead of fetching one")
 	f.StringVar(&size, "size", "256M", "root filesystem size (sparse)")
-	f.StringSliceVar(&opts.Modules, "modules", nil, "modules the initramfs loads (default: "+strings.Join(image.DefaultModules, ",")+")")
-	f.BoolVar(&opts.Force, "force", false, "rebuild even when the image is up to date")
+	f.StringSliceVar(&req.Modules, "modules", nil, "modules the initramfs loads (default: "+strings.Join(image.DefaultModules, ",")+")")
+	f.BoolVar(&req.Force, "force", false, "rebuild even when the image is up to date")
 	return cmd
 }
 
 func imageImportCmd(g *globals) *cobra.Command {
-	var in rootfs.Input
-	var agent, size, kernelFrom string
+	var req api.ImportImageRequest
+	var size string
 	cmd := &cobra.Command{
 		Use:   "import NAME SOURCE",
 		Short: "Import a directory, an OCI/docker image tarball or an ext4 image",
@@ -234,95 +304,73 @@ tarballs are packed into ext4 with mkfs.ext4 -d and get the hearth-agent at
 
 The kernel comes from --kernel (an uncompressed vmlinux) and --initrd, or from
 another image with --kernel-from (default: the "default" image, if any).`,
+		Example: `  hearth image import tools ./rootfs-dir --kernel-from default
+  docker save python:3.12-slim -o py.tar && hearth image import python py.tar
+  hearth image import raw ./disk.ext4 --kernel ./vmlinux`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name, src := args[0], args[1]
-			c, err := openCatalog(g)
+			var err error
+			req.Name = args[0]
+			if req.SizeBytes, err = parseSize(size); err != nil {
+				return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "image import", Err: err}
+			}
+			for _, p := range []struct {
+				flag string
+				v    *string
+			}{{"--kernel", &req.Kernel}, {"--initrd", &req.Initrd}} {
+				if *p.v, err = absPath(p.flag, *p.v); err != nil {
+					return err
+				}
+			}
+			if req.Source, err = absPath("SOURCE", args[1]); err != nil {
+				return err
+			}
+			if req.Agent, err = agentFlag(req.Agent); err != nil {
+				return err
+			}
+			imgs, err := images(cmd.Context(), g)
 			if err != nil {
 				return err
 			}
-			if in.Size, err = parseSize(size); err != nil {
-				return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "image import", Err: err}
-			}
-			fi, err := os.Stat(src)
+			pr := newProgress(cmd.ErrOrStderr())
+			im, err := imgs.Import(cmd.Context(), req, func(p api.Progress) { pr.Line(p.Message) })
+			pr.Done()
 			if err != nil {
-				return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "image import", Err: err}
-			}
-			switch {
-			case fi.IsDir():
-				in.RootfsDir = src
-			case isExt4(src):
-				in.RootfsImage = src
-			default:
-				in.OCI = src
-			}
-			if in.Kernel == "" {
-				from := kernelFrom
-				if from == "" {
-					from = image.DefaultName
-				}
-				im, err := c.Get(cmd.Context(), from)
-				if err != nil {
-					return imageErr("image import", fmt.Errorf("no --kernel given and no kernel from image %q: %w", from, err))
-				}
-				in.Kernel, in.Initrd = im.Path(rootfs.KernelFile), im.Path(rootfs.InitrdFile)
-			}
-			if in.RootfsImage == "" && !in.NoAgent {
-				if in.Agent, err = findAgent(agent); err != nil {
-					return imageErr("image import", err)
-				}
-			}
-			errw := cmd.ErrOrStderr()
-			in.Progress = func(s string) { fmt.Fprintln(errw, s) }
-			im, err := c.Create(cmd.Context(), name, in)
-			if err != nil {
-				return imageErr("image import", err)
+				return err
 			}
 			return g.print(cmd.OutOrStdout(), im, func(w io.Writer) { printImages(w, []rootfs.Image{im}, time.Now()) })
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&in.Kernel, "kernel", "", "uncompressed kernel (vmlinux)")
-	f.StringVar(&in.Initrd, "initrd", "", "initrd for --kernel")
-	f.StringVar(&kernelFrom, "kernel-from", "", "take kernel and initrd from this image (default \"default\")")
-	f.StringVar(&agent, "agent", "", "hearth-agent binary (default: $HEARTH_AGENT, next to hearth, or on $PATH)")
-	f.BoolVar(&in.NoAgent, "no-agent", false, "do not add the hearth-agent")
-	f.BoolVar(&in.KeepInit, "keep-init", false, "keep the image's own /sbin/init")
-	f.StringVar(&in.Tag, "tag", "", "image to take from a tarball holding several")
+	f.StringVar(&req.Kernel, "kernel", "", "uncompressed kernel (vmlinux)")
+	f.StringVar(&req.Initrd, "initrd", "", "initrd for --kernel")
+	f.StringVar(&req.KernelFrom, "kernel-from", "", "take kernel and initrd from this image (default \"default\")")
+	f.StringVar(&req.Agent, "agent", "", "hearth-agent binary (default: $HEARTH_AGENT, next to hearth, or on $PATH)")
+	f.BoolVar(&req.NoAgent, "no-agent", false, "do not add the hearth-agent")
+	f.BoolVar(&req.KeepInit, "keep-init", false, "keep the image's own /sbin/init")
+	f.StringVar(&req.Tag, "tag", "", "image to take from a tarball holding several")
 	f.StringVar(&size, "size", "", "root filesystem size (default: content plus headroom)")
-	f.BoolVar(&in.Replace, "replace", false, "replace an existing image of the same name")
+	f.BoolVar(&req.Replace, "replace", false, "replace an existing image of the same name")
 	return cmd
-}
-
-// isExt4 sniffs the ext2/3/4 superblock magic (0xEF53 at 1080).
-func isExt4(p string) bool {
-	f, err := os.Open(p)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	b := make([]byte, 2)
-	if _, err := f.ReadAt(b, 1080); err != nil {
-		return false
-	}
-	return b[0] == 0x53 && b[1] == 0xEF
 }
 
 func imageRmCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "rm NAME...",
-		Short: "Remove images",
-		Long:  "Remove images from the catalog. VMs with their own disk clone are unaffected.",
-		Args:  cobra.MinimumNArgs(1),
+		Use:     "rm NAME...",
+		Aliases: []string{"remove"},
+		Short:   "Remove images",
+		Long:    "Remove images from the catalog. VMs with their own disk clone are unaffected.",
+		Example: "  hearth image rm tools old-python",
+		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := openCatalog(g)
+			imgs, err := images(cmd.Context(), g)
 			if err != nil {
 				return err
 			}
 			var errs []error
 			for _, n := range args {
-				if err := c.Remove(cmd.Context(), n); err != nil {
-					errs = append(errs, imageErr("image rm", err))
+				if err := imgs.Remove(cmd.Context(), n); err != nil {
+					errs = append(errs, err)
 					continue
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), n)
@@ -339,17 +387,20 @@ func imageVerifyCmd(g *globals) *cobra.Command {
 		Short: "Re-hash image files and compare them with their manifests",
 		Long: `Re-hash every file of the named images (default: all) and compare with the
 SHA-256 in the manifest. With --cached, files whose identity (device, inode,
-size, mtime, ctime) is unchanged since their last verification are trusted.`,
+size, mtime, ctime) is unchanged since their last verification are trusted.
+A mismatch exits 1 with an integrity error.`,
+		Example: `  hearth image verify
+  hearth image verify default --cached`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := openCatalog(g)
+			imgs, err := images(cmd.Context(), g)
 			if err != nil {
 				return err
 			}
 			names := args
 			if len(names) == 0 {
-				ims, err := c.List(cmd.Context())
+				ims, err := imgs.List(cmd.Context())
 				if err != nil {
-					return imageErr("image verify", err)
+					return err
 				}
 				for _, im := range ims {
 					names = append(names, im.Name)
@@ -361,14 +412,14 @@ size, mtime, ctime) is unchanged since their last verification are trusted.`,
 				Files []rootfs.FileCheck `json:"files,omitempty"`
 				Error string             `json:"error,omitempty"`
 			}
-			var results []result
+			results := []result{}
 			var errs []error
 			for _, n := range names {
-				checks, err := c.Verify(cmd.Context(), n, !cached)
+				checks, err := imgs.Verify(cmd.Context(), n, cached)
 				r := result{Image: n, OK: err == nil, Files: checks}
 				if err != nil {
 					r.Error = err.Error()
-					errs = append(errs, imageErr("image verify", err))
+					errs = append(errs, err)
 				}
 				results = append(results, r)
 			}

@@ -44,6 +44,7 @@ func TestImageCommands(t *testing.T) {
 	os.WriteFile(kernel, []byte("\x7fELF kernel"), 0o644)
 	agent := staticELF(t)
 	sd := "--state-dir=" + state
+	t.Setenv("HEARTH_SOCKET", filepath.Join(state, "no-daemon.sock"))
 
 	if out, err := run(t, sd, "image", "import", "tools", tree, "--kernel", kernel, "--agent", agent, "--size", "64M"); err != nil {
 		t.Fatalf("import: %v\n%s", err, out)
@@ -83,9 +84,9 @@ func TestImageCommands(t *testing.T) {
 		kind hearth.Kind
 	}{
 		{[]string{"image", "rm", "../etc"}, hearth.KindInvalidArgument},
-		{[]string{"image", "rm", "absent"}, hearth.KindInvalidArgument},
+		{[]string{"image", "rm", "absent"}, hearth.KindImageNotFound},
 		{[]string{"image", "import", "Bad Name", tree, "--kernel", kernel, "--agent", agent}, hearth.KindInvalidArgument},
-		{[]string{"image", "import", "tools", tree, "--kernel", kernel, "--agent", agent}, hearth.KindInvalidArgument}, // exists
+		{[]string{"image", "import", "tools", tree, "--kernel", kernel, "--agent", agent}, hearth.KindImageAlreadyExists},
 		{[]string{"image", "import", "x", tree, "--kernel", kernel, "--agent", "/bin/sh"}, hearth.KindInvalidArgument},
 		{[]string{"image", "build", "fancy"}, hearth.KindInvalidArgument},
 		{[]string{"image", "build", "default", "--agent", filepath.Join(t.TempDir(), "missing")}, hearth.KindInvalidArgument},

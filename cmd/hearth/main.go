@@ -46,9 +46,9 @@ func exitCode(err error) int {
 	switch hearth.KindOf(err) {
 	case hearth.KindInvalidArgument:
 		return 2
-	case hearth.KindVMNotFound, hearth.KindSnapshotNotFound:
+	case hearth.KindVMNotFound, hearth.KindSnapshotNotFound, hearth.KindImageNotFound:
 		return 3
-	case hearth.KindVMAlreadyExists, hearth.KindSnapshotAlreadyExists, hearth.KindInvalidTransition:
+	case hearth.KindVMAlreadyExists, hearth.KindSnapshotAlreadyExists, hearth.KindImageAlreadyExists, hearth.KindInvalidTransition:
 		return 4
 	}
 	return 1

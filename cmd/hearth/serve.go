@@ -118,7 +118,15 @@ func runServe(ctx context.Context, cmd *cobra.Command, g *globals, bf *backendFl
 		rt.Close()
 		return err
 	}
-	srv := api.NewServer(rt, api.Options{Version: version, Logger: g.log, Events: broker, Metrics: reg.Handler()})
+	cat, err := openCatalog(g)
+	if err != nil {
+		l.Close()
+		rt.Close()
+		return err
+	}
+	imgs := &api.CatalogImages{Catalog: cat, CacheDir: filepath.Join(g.stateDir, "cache", "debs"), Logger: g.log,
+		FindAgent: func() (string, error) { return findAgent("") }}
+	srv := api.NewServer(rt, api.Options{Version: version, Logger: g.log, Events: broker, Metrics: reg.Handler(), Images: imgs})
 	servers := []*http.Server{{Handler: srv, ReadHeaderTimeout: 10 * time.Second}}
 	listeners := []net.Listener{l}
 	if tcpAddr != "" {

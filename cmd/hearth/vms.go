@@ -78,7 +78,7 @@ func lifecycleCmds(g *globals) []*cobra.Command {
 		vmVerb(g, "resume", "Resume paused VMs", "Continue paused VMs.", (*client.Client).Resume),
 		vmVerb(g, "stop", "Shut VMs down", "Ask each guest to power off, then signal its VMM after the stop timeout. Disk and resources stay; start boots it again.", (*client.Client).Stop),
 		rmCmd(g), renameCmd(g), snapshotCmd(g), restoreCmd(g), eventsCmd(g), logsCmd(g), statsCmd(g),
-		execCmd(g), egressCmd(g), cpCmd(g), gcCmd(g), runCmd(g),
+		execCmd(g), egressCmd(g), updateCmd(g), cpCmd(g), gcCmd(g), runCmd(g),
 	}
 }
 
