@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/hearth-vm/hearth"
+	"github.com/spf13/cobra"
 )
 
 var (
@@ -79,23 +80,64 @@ func (c *cli) ok(args ...string) string {
 	return out
 }
 
+// TestEveryCommandHasHelp walks the whole command tree, so a new command
+// is covered without editing this test: each has a useful Short, Long and
+// Example (cobra's generated completion commands bring their own Long),
+// and the built binary prints its help with exit 0.
 func TestEveryCommandHasHelp(t *testing.T) {
 	bin := hearthBin(t)
-	root := newRoot()
-	for _, c := range root.Commands() {
-		if c.Hidden {
-			continue // internal helpers (_uffd, _jail) are not for people
-		}
-		cmds := [][]string{{c.Name()}}
+	var walk func(c *cobra.Command, path []string)
+	n := 0
+	walk = func(c *cobra.Command, path []string) {
 		for _, sub := range c.Commands() {
-			cmds = append(cmds, []string{c.Name(), sub.Name()})
-		}
-		for _, args := range cmds {
-			out, err := exec.Command(bin, append(args, "--help")...).CombinedOutput()
-			if err != nil || !strings.Contains(string(out), "Usage:") {
-				t.Errorf("hearth %s --help: %v\n%s", strings.Join(args, " "), err, out)
+			if sub.Hidden || sub.Name() == "help" {
+				continue // internal helpers (_uffd, _jail) are not for people
 			}
+			args := append(append([]string(nil), path...), sub.Name())
+			name := strings.Join(args, " ")
+			generated := args[0] == "completion" && len(args) > 1
+			if len(sub.Short) < 5 || len(sub.Long) < 20 {
+				t.Errorf("hearth %s: Short %q / Long %q too thin", name, sub.Short, sub.Long)
+			}
+			if sub.Example == "" && !generated {
+				t.Errorf("hearth %s has no Example", name)
+			}
+			out, err := exec.Command(bin, append(args, "--help")...).CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "Usage:") || !strings.Contains(string(out), strings.SplitN(sub.Long, "\n", 2)[0]) {
+				t.Errorf("hearth %s --help: %v\n%s", name, err, out)
+			}
+			n++
+			walk(sub, args)
 		}
+	}
+	walk(newRoot(), nil)
+	if n < 35 {
+		t.Fatalf("walked only %d commands", n)
+	}
+}
+
+// TestUsageAndCompletion checks what scripts rely on besides the VM
+// commands: exit 2 for every kind of usage error, and shell completion
+// scripts for bash, zsh and fish.
+func TestUsageAndCompletion(t *testing.T) {
+	bin := hearthBin(t)
+	for _, args := range [][]string{{"bogus"}, {"image", "bogus"}, {"start"}, {"rename", "a"}, {"ps", "--bogus"}, {"--output", "yaml", "ps"},
+		{"update", "vm1"}, {"update", "vm1", "--drive-limit", "data=bw:fast/s"}, {"exec", "vm1"}} {
+		cmd := exec.Command(bin, append([]string{"--socket", "/nonexistent/h.sock"}, args...)...)
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+			t.Errorf("hearth %s: %v, want exit 2\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	for shell, marker := range map[string]string{"bash": "complete -o default -F __start_hearth hearth", "zsh": "#compdef hearth", "fish": "complete -c hearth"} {
+		out, err := exec.Command(bin, "completion", shell).Output()
+		if err != nil || !strings.Contains(string(out), marker) {
+			t.Errorf("completion %s: %v, lacks %q", shell, err, marker)
+		}
+	}
+	if out, err := exec.Command(bin, "version").Output(); err != nil || !strings.HasPrefix(string(out), "hearth ") {
+		t.Errorf("version: %v %q", err, out)
 	}
 }
 

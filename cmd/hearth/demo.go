@@ -32,7 +32,8 @@ Backends:
 
 The demo uses a fresh temporary state dir unless --state-dir is given
 explicitly.`,
-		Args: cobra.NoArgs,
+		Example: "  hearth demo\n  hearth demo --backend firecracker --firecracker-bin ./hearth-fcsim",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			stateDir := ""
 			if cmd.Flags().Changed("state-dir") {

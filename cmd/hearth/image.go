@@ -113,6 +113,7 @@ func imageLsCmd(g *globals) *cobra.Command {
 		Aliases: []string{"list"},
 		Short:   "List images",
 		Long:    "List the catalog's images with their file sizes, source and age (the manifests with -o json).",
+		Example: "  hearth image ls\n  hearth image ls -o json | jq -r '.[].name'",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			imgs, err := images(cmd.Context(), g)

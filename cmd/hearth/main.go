@@ -22,19 +22,45 @@ type globals struct {
 	output   string
 	logLevel string
 	log      *slog.Logger
+	// ran is set once arguments and flags are accepted and the command
+	// is about to run: an error before that is a usage error (exit 2).
+	ran bool
 }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := newRoot().ExecuteContext(ctx)
+	root, g := newRootG()
+	cmd, err := root.ExecuteContextC(ctx)
 	stop()
 	if err != nil {
+		err = asUsage(err, g, cmd)
 		var ec exitCodeError
 		if !errors.As(err, &ec) {
 			fmt.Fprintln(os.Stderr, "hearth:", err)
 		}
+		var ue usageError
+		if errors.As(err, &ue) && cmd != nil {
+			fmt.Fprintf(os.Stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
+		}
 		os.Exit(exitCode(err))
 	}
+}
+
+// usageError is a command line cobra refused (unknown command or flag,
+// wrong number of arguments): exit code 2, like bad input.
+type usageError struct{ err error }
+
+func (u usageError) Error() string { return u.err.Error() }
+func (u usageError) Unwrap() error { return u.err }
+
+// asUsage marks errors raised before the command ran (by cobra's own
+// argument and flag checks) as usage errors.
+func asUsage(err error, g *globals, cmd *cobra.Command) error {
+	var he *hearth.Error
+	if g.ran || errors.As(err, &he) {
+		return err
+	}
+	return usageError{err}
 }
 
 // exitCode maps error kinds to distinct exit codes so scripts can react.
@@ -42,6 +68,10 @@ func exitCode(err error) int {
 	var ec exitCodeError
 	if errors.As(err, &ec) {
 		return ec.code // the guest command's own exit code
+	}
+	var ue usageError
+	if errors.As(err, &ue) {
+		return 2
 	}
 	switch hearth.KindOf(err) {
 	case hearth.KindInvalidArgument:
@@ -55,6 +85,11 @@ func exitCode(err error) int {
 }
 
 func newRoot() *cobra.Command {
+	root, _ := newRootG()
+	return root
+}
+
+func newRootG() (*cobra.Command, *globals) {
 	g := &globals{}
 	root := &cobra.Command{
 		Use:   "hearth",
@@ -77,6 +112,7 @@ ps and inspect also work without a daemon, reading the state dir.`,
 				return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "flags", Err: fmt.Errorf("--output %q: want table or json", g.output)}
 			}
 			g.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+			g.ran = true
 			return nil
 		},
 	}
@@ -92,14 +128,43 @@ ps and inspect also work without a daemon, reading the state dir.`,
 	root.AddCommand(lifecycleCmds(g)...)
 	root.AddCommand(jailCmd())
 	root.AddCommand(uffdCmd())
-	return root
+	// Cobra adds "completion" when it executes; adding it now puts it in
+	// the tree that help and the tests walk.
+	root.InitDefaultCompletionCmd()
+	if comp, _, err := root.Find([]string{"completion"}); err == nil && comp != root {
+		comp.Example = `  source <(hearth completion bash)
+  hearth completion zsh > "${fpath[1]}/_hearth"
+  hearth completion fish > ~/.config/fish/completions/hearth.fish`
+	}
+	groupsRefuseUnknown(root)
+	return root, g
+}
+
+// groupsRefuseUnknown makes a command group ("image", "snapshot") given an
+// unknown subcommand fail with a usage error instead of printing its help
+// and exiting 0.
+func groupsRefuseUnknown(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		if sub.HasSubCommands() && !sub.Runnable() {
+			sub.Args = cobra.ArbitraryArgs
+			sub.RunE = func(cmd *cobra.Command, args []string) error {
+				if len(args) > 0 {
+					return usageError{fmt.Errorf("unknown command %q for %q", args[0], cmd.CommandPath())}
+				}
+				return cmd.Help()
+			}
+		}
+		groupsRefuseUnknown(sub)
+	}
 }
 
 func versionCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "version",
-		Short: "Print hearth's version",
-		Args:  cobra.NoArgs,
+		Use:     "version",
+		Short:   "Print hearth's version",
+		Long:    "Print the version this binary was built as (set with -ldflags \"-X main.version=…\").",
+		Example: "  hearth version",
+		Args:    cobra.NoArgs,
 		Run: func(cmd *cobra.Command, args []string) {
 			fmt.Fprintf(cmd.OutOrStdout(), "hearth %s\n", version)
 		},

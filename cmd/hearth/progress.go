@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -111,5 +112,59 @@ func (p *progress) Done() {
 	if p.tty && p.drawn {
 		fmt.Fprintln(p.w)
 		p.drawn = false
+	}
+}
+
+// watchSnapshot shows the bytes a snapshot write has put on disk so far,
+// read from the pending snapshot directory under snapDir (the daemon's
+// <state-dir>/snapshots; readable when the CLI runs on the daemon's host
+// with its permissions, else nothing is shown). total is the expected
+// size (guest memory), 0 when unknown. The returned function stops it.
+func watchSnapshot(pr *progress, snapDir, name string, total int64) func(ok bool) {
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	every := time.Second
+	if pr.tty {
+		every = 100 * time.Millisecond
+	}
+	var last int64 = -1
+	written := func() int64 {
+		dirs, _ := filepath.Glob(filepath.Join(snapDir, ".pending-"+name+"-*"))
+		var n int64
+		for _, d := range dirs {
+			ents, _ := os.ReadDir(d)
+			for _, e := range ents {
+				var st unix.Stat_t
+				if unix.Stat(filepath.Join(d, e.Name()), &st) == nil {
+					// Allocated blocks: memory files are sparse.
+					n += min(st.Blocks*512, st.Size)
+				}
+			}
+		}
+		return n
+	}
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if n := written(); n != last && n > 0 {
+					last = n
+					pr.Bytes(n, total, "writing snapshot "+name)
+				}
+			}
+		}
+	}()
+	return func(ok bool) {
+		close(done)
+		<-stopped
+		if ok && pr.tty && last >= 0 {
+			pr.Bytes(max(total, last), total, "wrote snapshot "+name)
+		}
+		pr.Done()
 	}
 }

@@ -27,10 +27,11 @@ func readState(g *globals) (*store.Store, error) {
 func psCmd(g *globals) *cobra.Command {
 	var asJSON, all bool
 	cmd := &cobra.Command{
-		Use:   "ps",
-		Short: "List VMs",
-		Long:  "List VMs with their status, backend and VMM pid: from the daemon when one runs, else straight from the state dir.",
-		Args:  cobra.NoArgs,
+		Use:     "ps",
+		Short:   "List VMs",
+		Long:    "List VMs with their status, backend and VMM pid: from the daemon when one runs, else straight from the state dir. Stopped and crashed VMs are shown with -a.",
+		Example: "  hearth ps\n  hearth ps -a -o json",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			views, err := listViews(cmd.Context(), g)
 			if err != nil {
@@ -101,10 +102,11 @@ func writeJSON(w io.Writer, v any) error {
 
 func inspectCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "inspect VM",
-		Short: "Show everything recorded about a VM",
-		Long:  "Print a VM as JSON: from the daemon when one runs; without one, the whole record from the state dir (view, spec, VMM handle, key and the host resources it holds).",
-		Args:  cobra.ExactArgs(1),
+		Use:     "inspect VM",
+		Short:   "Show everything recorded about a VM",
+		Long:    "Print a VM as JSON: from the daemon when one runs; without one, the whole record from the state dir (view, spec, VMM handle, key and the host resources it holds).",
+		Example: "  hearth inspect web1\n  hearth inspect web1 | jq .spec",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if c, err := daemon(cmd.Context(), g); err == nil {
 				v, err := c.Get(cmd.Context(), args[0])

@@ -47,7 +47,13 @@ detached processes); the next start adopts them. --stop-vms-on-exit stops
 them instead.
 
 A TCP listener (--tcp) requires a bearer token (--token-file or
-$HEARTH_TOKEN); it is refused without one.`,
+$HEARTH_TOKEN); it is refused without one.
+
+The API (JSON over HTTP, versioned under /v1, OpenAPI document at
+/v1/openapi.json) is described in docs/api.md.`,
+		Example: `  hearth serve --backend firecracker --network netns
+  hearth serve --backend qemu --socket /run/hearth/hearth.sock --socket-group hearth
+  HEARTH_TOKEN=$(cat /etc/hearth/token) hearth serve --tcp 127.0.0.1:7070`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runServe(cmd.Context(), cmd, g, &bf, group, tcpAddr, tokenFile, stopOnExit)

@@ -47,10 +47,11 @@ func printView(w io.Writer, v hearth.View) {
 // the resulting views.
 func vmVerb(g *globals, use, short, long string, call func(*client.Client, context.Context, string) (hearth.View, error)) *cobra.Command {
 	return &cobra.Command{
-		Use:   use + " VM...",
-		Short: short,
-		Long:  long,
-		Args:  cobra.MinimumNArgs(1),
+		Use:     use + " VM...",
+		Short:   short,
+		Long:    long + "\n\nEach VM is tried in turn; the exit code is that of the first failure (3 not found, 4 wrong state).",
+		Example: "  hearth " + use + " web1\n  hearth " + use + " web1 web2 -o json",
+		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := daemon(cmd.Context(), g)
 			if err != nil {
@@ -186,6 +187,7 @@ func rmCmd(g *globals) *cobra.Command {
 		Aliases: []string{"destroy"},
 		Short:   "Destroy VMs",
 		Long:    "Kill each VM's VMM, release every host resource it holds and remove its record. Snapshots taken from it are kept.",
+		Example: "  hearth rm web1\n  hearth rm $(hearth ps -a -o json | jq -r '.[] | select(.status==\"crashed\") | .id')",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return eachArg(cmd, g, args, func(c *client.Client, id string) error {
@@ -203,10 +205,11 @@ func rmCmd(g *globals) *cobra.Command {
 
 func renameCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "rename VM NEW-ID",
-		Short: "Give a VM a new id",
-		Long:  "Rename a VM, e.g. to hand a pre-restored pool VM to the tenant claiming it. Nothing on disk moves and the VMM is not disturbed.",
-		Args:  cobra.ExactArgs(2),
+		Use:     "rename VM NEW-ID",
+		Short:   "Give a VM a new id",
+		Long:    "Rename a VM, e.g. to hand a pre-restored pool VM to the tenant claiming it. Nothing on disk moves and the VMM is not disturbed.",
+		Example: "  hearth restore warm-python pool-7 && hearth rename pool-7 tenant-acme-1",
+		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := daemon(cmd.Context(), g)
 			if err != nil {
@@ -226,17 +229,36 @@ func snapshotCmd(g *globals) *cobra.Command {
 		Use:   "snapshot",
 		Short: "Create, list and remove snapshots",
 		Long:  "Snapshots hold a VM's memory, device state and (for VMs with their own disk) a copy of its disk. They outlive the VM and can be restored any number of times.",
+		Example: `  hearth snapshot create web1 warm
+  hearth snapshot ls
+  hearth restore warm web1-clone
+  hearth snapshot rm warm`,
 	}
 	create := &cobra.Command{
 		Use:   "create VM NAME",
 		Short: "Snapshot a VM (a running VM is paused for the write and resumed)",
-		Args:  cobra.ExactArgs(2),
+		Long: `Write a snapshot of a running or paused VM: its memory, device state and a
+copy of its disk. A running VM is paused for the write and resumed after it.
+On a terminal a bar shows the memory written so far; otherwise one line per
+second. A failed write leaves no partial snapshot.`,
+		Example: "  hearth snapshot create web1 warm\n  hearth snapshot create web1 warm -o json",
+		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := daemon(cmd.Context(), g)
 			if err != nil {
 				return err
 			}
+			var snapDir string
+			var total int64
+			if sys, err := c.System(cmd.Context()); err == nil {
+				snapDir = filepath.Join(sys.StateDir, "snapshots")
+			}
+			if v, err := c.Get(cmd.Context(), args[0]); err == nil {
+				total = int64(v.Spec.MemoryMiB) << 20
+			}
+			stop := watchSnapshot(newProgress(cmd.ErrOrStderr()), snapDir, args[1], total)
 			sv, err := c.Snapshot(cmd.Context(), args[0], args[1])
+			stop(err == nil)
 			if err != nil {
 				return err
 			}
@@ -244,9 +266,12 @@ func snapshotCmd(g *globals) *cobra.Command {
 		},
 	}
 	ls := &cobra.Command{
-		Use:   "ls",
-		Short: "List snapshots",
-		Args:  cobra.NoArgs,
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List snapshots",
+		Long:    "List snapshots with their source VM, backend and creation time (everything recorded with -o json).",
+		Example: "  hearth snapshot ls\n  hearth snapshot ls -o json",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := daemon(cmd.Context(), g)
 			if err != nil {
@@ -267,9 +292,11 @@ func snapshotCmd(g *globals) *cobra.Command {
 		},
 	}
 	rm := &cobra.Command{
-		Use:   "rm NAME...",
-		Short: "Delete snapshots",
-		Args:  cobra.MinimumNArgs(1),
+		Use:     "rm NAME...",
+		Short:   "Delete snapshots",
+		Long:    "Delete snapshots and their files. VMs restored from them are unaffected (they have their own disk copy).",
+		Example: "  hearth snapshot rm warm old-warm",
+		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return eachArg(cmd, g, args, func(c *client.Client, n string) error {
 				return c.DeleteSnapshot(cmd.Context(), n)
@@ -277,9 +304,11 @@ func snapshotCmd(g *globals) *cobra.Command {
 		},
 	}
 	verify := &cobra.Command{
-		Use:   "verify NAME...",
-		Short: "Re-hash snapshots' files against their manifests",
-		Args:  cobra.MinimumNArgs(1),
+		Use:     "verify NAME...",
+		Short:   "Re-hash snapshots' files against their manifests",
+		Long:    "Re-hash each snapshot's memory, state and disk files and compare them with the SHA-256 recorded when it was written. A mismatch exits 1 with an integrity error.",
+		Example: "  hearth snapshot verify warm",
+		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return eachArg(cmd, g, args, func(c *client.Client, n string) error {
 				if err := c.VerifySnapshot(cmd.Context(), n); err != nil {
@@ -336,10 +365,11 @@ func restoreCmd(g *globals) *cobra.Command {
 func eventsCmd(g *globals) *cobra.Command {
 	var vm string
 	cmd := &cobra.Command{
-		Use:   "events",
-		Short: "Stream lifecycle events",
-		Long:  "Print lifecycle events (created, started, paused, resumed, stopped, crashed, destroyed, renamed, snapshot, restored) as they happen, until interrupted.",
-		Args:  cobra.NoArgs,
+		Use:     "events",
+		Short:   "Stream lifecycle events",
+		Long:    "Print lifecycle events (created, started, paused, resumed, stopped, crashed, destroyed, renamed, snapshot, restored, updated) as they happen, until interrupted. With -o json, one JSON object per line.",
+		Example: "  hearth events\n  hearth events --vm web1 -o json",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := daemon(cmd.Context(), g)
 			if err != nil {
@@ -367,10 +397,11 @@ func logsCmd(g *globals) *cobra.Command {
 	var follow bool
 	var tail int
 	cmd := &cobra.Command{
-		Use:   "logs VM",
-		Short: "Show a VM's console (guest serial output and VMM stderr)",
-		Long:  "Print the last lines of a VM's console log; with -f keep printing new output until interrupted. The log survives daemon restarts and is kept after a crash until the VM is destroyed.",
-		Args:  cobra.ExactArgs(1),
+		Use:     "logs VM",
+		Short:   "Show a VM's console (guest serial output and VMM stderr)",
+		Long:    "Print the last lines of a VM's console log; with -f keep printing new output until interrupted. The log survives daemon restarts and is kept after a crash until the VM is destroyed.",
+		Example: "  hearth logs web1\n  hearth logs -f -n 20 web1",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := daemon(cmd.Context(), g)
 			if err != nil {
@@ -386,10 +417,11 @@ func logsCmd(g *globals) *cobra.Command {
 
 func statsCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "stats VM...",
-		Short: "Show VMs' resource use",
-		Long:  "Print each VM's CPU time, memory, pids, block I/O, network counters and VMM counters (JSON with -o json). CPU and memory come from the VM's cgroup when it is jailed, else from its VMM process.",
-		Args:  cobra.MinimumNArgs(1),
+		Use:     "stats VM...",
+		Short:   "Show VMs' resource use",
+		Long:    "Print each VM's CPU time, memory, pids, block I/O, network counters and VMM counters (JSON with -o json). CPU and memory come from the VM's cgroup when it is jailed, else from its VMM process.",
+		Example: "  hearth stats web1\n  hearth stats web1 -o json",
+		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := daemon(cmd.Context(), g)
 			if err != nil {
