@@ -4,14 +4,15 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"syscall"
 )
 
 // Kind classifies an error so callers can react without parsing strings.
 type Kind int
 
 // The error kinds. The first sixteen mirror the seed crate's
-// VmRuntimeError variants; InvalidArgument, VMM, Integrity, Timeout and the
-// image kinds are hearth's.
+// VmRuntimeError variants; InvalidArgument, VMM, Integrity, Timeout, the
+// image kinds and ResourceExhausted are hearth's.
 const (
 	KindUnknown Kind = iota
 	KindVMAlreadyExists
@@ -47,6 +48,10 @@ const (
 	// counterparts of the VM and snapshot kinds (API 404 and 409).
 	KindImageNotFound
 	KindImageAlreadyExists
+	// KindResourceExhausted: the host ran out of file descriptors or
+	// memory while no other kind owns the failure; the operation left
+	// nothing behind and may succeed when retried later.
+	KindResourceExhausted
 )
 
 var kindNames = [...]string{
@@ -73,6 +78,7 @@ var kindNames = [...]string{
 	KindTimeout:               "timeout",
 	KindImageNotFound:         "image_not_found",
 	KindImageAlreadyExists:    "image_already_exists",
+	KindResourceExhausted:     "resource_exhausted",
 }
 
 // Kinds lists every kind except KindUnknown, in declaration order.
@@ -140,6 +146,7 @@ var (
 	ErrTimeout               = &Error{Kind: KindTimeout}
 	ErrImageNotFound         = &Error{Kind: KindImageNotFound}
 	ErrImageAlreadyExists    = &Error{Kind: KindImageAlreadyExists}
+	ErrResourceExhausted     = &Error{Kind: KindResourceExhausted}
 )
 
 // Error is the one error type hearth returns. Kind says what went wrong,
@@ -246,5 +253,16 @@ func asHearth(kind Kind, op, vm string, err error) error {
 	if errors.As(err, &e) {
 		return err
 	}
+	if exhausted(err) {
+		kind = KindResourceExhausted
+	}
 	return newErr(kind, op, vm, err)
+}
+
+// exhausted reports whether err is the host running out of descriptors
+// (the process's or the system's) or memory. A full disk is not here: the
+// step that fills it (rootfs, snapshot) keeps its kind and the cause stays
+// errors.Is ENOSPC.
+func exhausted(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ENOMEM)
 }

@@ -21,9 +21,10 @@ func TestErrorKindsAndSentinels(t *testing.T) {
 		KindGuestMetadata: ErrGuestMetadata, KindInvalidArgument: ErrInvalidArgument,
 		KindVMM: ErrVMM, KindIntegrity: ErrIntegrity, KindTimeout: ErrTimeout,
 		KindImageNotFound: ErrImageNotFound, KindImageAlreadyExists: ErrImageAlreadyExists,
+		KindResourceExhausted: ErrResourceExhausted,
 	}
-	if len(Kinds()) != 22 || len(sentinels) != 22 {
-		t.Fatalf("want 22 kinds (16 seed variants + 6), have %d kinds, %d sentinels", len(Kinds()), len(sentinels))
+	if len(Kinds()) != 23 || len(sentinels) != 23 {
+		t.Fatalf("want 23 kinds (16 seed variants + 7), have %d kinds, %d sentinels", len(Kinds()), len(sentinels))
 	}
 	for _, k := range Kinds() {
 		s, ok := sentinels[k]

@@ -30,6 +30,8 @@ func classifyRootfs(op string, err error) error {
 	case errors.Is(err, rootfs.ErrInvalidName), errors.Is(err, rootfs.ErrShrink), errors.Is(err, rootfs.ErrNotFound):
 		// A spec naming an image the catalog lacks is bad input.
 		return &Error{Kind: KindInvalidArgument, Op: op, Err: err}
+	case exhausted(err):
+		return &Error{Kind: KindResourceExhausted, Op: op, Err: err}
 	}
 	return &Error{Kind: KindRootfs, Op: op, Err: err}
 }

@@ -41,6 +41,9 @@ func StatusOf(k hearth.Kind) int {
 		return http.StatusBadGateway
 	case hearth.KindTimeout:
 		return http.StatusGatewayTimeout
+	case hearth.KindResourceExhausted:
+		// Nothing was left behind; the client may retry later.
+		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
 }

@@ -301,7 +301,7 @@ func TestEveryKindMapsToStatus(t *testing.T) {
 		hearth.KindVMNotFound: 404, hearth.KindSnapshotNotFound: 404, hearth.KindImageNotFound: 404,
 		hearth.KindVMAlreadyExists: 409, hearth.KindSnapshotAlreadyExists: 409, hearth.KindImageAlreadyExists: 409, hearth.KindInvalidTransition: 409,
 		hearth.KindInvalidArgument: 400, hearth.KindUnsupported: 501, hearth.KindVMM: 502,
-		hearth.KindTimeout: 504,
+		hearth.KindTimeout: 504, hearth.KindResourceExhausted: 503,
 	}
 	for _, k := range hearth.Kinds() {
 		t.Run(k.String(), func(t *testing.T) {

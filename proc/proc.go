@@ -118,6 +118,11 @@ type Process struct {
 	mu         sync.Mutex
 	exit       Exit
 	closed     bool
+	// fdsClosed: pidfd and stopPoll are closed. It is set, under mu, once
+	// the process has exited (its pidfd is of no more use) or has been
+	// released; Signal checks it under mu, so it never uses a descriptor
+	// number that may already name another file.
+	fdsClosed bool
 }
 
 // StartSpec describes a process to start.
@@ -237,16 +242,31 @@ func (p *Process) pollPidfd() {
 	}
 }
 
+// finish records the exit and frees the descriptors: a runtime that
+// creates and destroys VMs all day must not keep a pidfd per dead VMM.
 func (p *Process) finish(e Exit) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	select {
 	case <-p.done:
-		return
 	default:
+		p.exit = e
+		close(p.done)
 	}
-	p.exit = e
-	close(p.done)
+	p.closeFDsLocked()
+}
+
+func (p *Process) closeFDsLocked() {
+	if p.fdsClosed {
+		return
+	}
+	p.fdsClosed = true
+	if p.pidfd >= 0 {
+		unix.Close(p.pidfd)
+	}
+	if p.stopPoll >= 0 {
+		unix.Close(p.stopPoll)
+	}
 }
 
 // Identity returns the process identity.
@@ -268,6 +288,11 @@ func (p *Process) Exit() Exit {
 // Signal sends sig through the pidfd. Signalling an exited process is not
 // an error.
 func (p *Process) Signal(sig unix.Signal) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.fdsClosed {
+		return nil
+	}
 	select {
 	case <-p.done:
 		return nil
@@ -325,18 +350,17 @@ func (p *Process) Release() {
 		return
 	}
 	p.closed = true
-	p.mu.Unlock()
-	if p.cmd == nil {
-		unix.Write(p.stopPoll, []byte{1, 0, 0, 0, 0, 0, 0, 0})
-		<-p.pollerDone
-		unix.Close(p.stopPoll)
-		unix.Close(p.pidfd)
+	if p.cmd != nil || p.fdsClosed {
+		// Our own child keeps being reaped by its goroutine (so it never
+		// lingers as a zombie), which frees its pidfd once it has exited;
+		// an adopted process that exited already freed its descriptors.
+		p.mu.Unlock()
 		return
 	}
-	// Our own child keeps being reaped by its goroutine (so it never
-	// lingers as a zombie); its pidfd is closed once it has exited.
-	go func() {
-		<-p.done
-		unix.Close(p.pidfd)
-	}()
+	unix.Write(p.stopPoll, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	p.mu.Unlock()
+	<-p.pollerDone
+	p.mu.Lock()
+	p.closeFDsLocked()
+	p.mu.Unlock()
 }

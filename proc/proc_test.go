@@ -107,12 +107,22 @@ func TestStopLadder(t *testing.T) {
 		t.Skip("no sh")
 	}
 	// A process that ignores SIGTERM must be killed after the grace.
-	p, err := Start(StartSpec{Path: sh, Args: []string{"-c", "trap '' TERM; while :; do sleep 0.05; done"}})
+	ready := filepath.Join(t.TempDir(), "ready")
+	p, err := Start(StartSpec{Path: sh, Args: []string{"-c", "trap '' TERM; : > " + ready + "; while :; do sleep 0.05; done"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Kill() })
-	time.Sleep(100 * time.Millisecond) // let the trap be installed
+	// SIGTERM must arrive after the trap is installed, however loaded
+	// the machine.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := os.Stat(ready); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the shell never installed its trap")
+		}
+	}
 	if err := p.Stop(200 * time.Millisecond); err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -180,14 +181,23 @@ func resServes(t testing.TB, rt *hearth.Runtime, id string) {
 
 func resExec(t testing.TB, ctx context.Context, rt *hearth.Runtime, id string) {
 	t.Helper()
+	if err := resExecErr(ctx, rt, id); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// resExecErr runs a command in the VM through its agent and checks its
+// exit code and output.
+func resExecErr(ctx context.Context, rt *hearth.Runtime, id string) error {
 	var out strings.Builder
 	st, err := rt.Exec(ctx, id, &agent.Cmd{Args: []string{"sh", "-c", "echo ok"}, Stdout: &out})
 	if err != nil {
-		t.Fatalf("exec in %s: %v", id, err)
+		return fmt.Errorf("exec in %s: %w", id, err)
 	}
 	if st.ExitCode != 0 || strings.TrimSpace(out.String()) != "ok" {
-		t.Fatalf("exec in %s: exit %+v, output %q", id, st, out.String())
+		return fmt.Errorf("exec in %s: exit %+v, output %q", id, st, out.String())
 	}
+	return nil
 }
 
 // resWantErr checks err is a *hearth.Error of kind whose message names
@@ -367,3 +377,25 @@ func (e *resEnv) checkStoreEmpty(t testing.TB, snapshots ...string) {
 
 // resNetPoolOwner owns a network manager's pre-built slots in the store.
 const resNetPoolOwner = "hearth:pool"
+
+// resFDs counts the test process's open descriptors.
+func resFDs() int {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	return len(ents)
+}
+
+// resGoroutinesBack waits for the goroutine count to fall back to base
+// (goroutines of closed connections and exit watchers end asynchronously)
+// and dumps the stacks when it does not.
+func resGoroutinesBack(t testing.TB, base int) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for runtime.NumGoroutine() > base {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			n := runtime.Stack(buf, true)
+			t.Fatalf("goroutines: %d, baseline %d\n%s", runtime.NumGoroutine(), base, buf[:n])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
