@@ -585,19 +585,37 @@ func TestFirecrackerLazyRestore(t *testing.T) {
 	if len(servers) != 2 {
 		t.Fatalf("want 2 page-fault servers, have %v", servers)
 	}
-	// Kill one server: its VM must not hang, it ends crashed.
+	// Kill one server: its VM must not hang, it ends crashed, its VMM
+	// killed and the reason recorded; the other clone is unaffected.
+	before := map[string]int{}
+	for _, id := range []string{"l1", "l2"} {
+		v, _ := f.rt.Get(ctx, id)
+		before[id] = v.Pid
+	}
 	syscall.Kill(servers[0], syscall.SIGKILL)
 	deadline = time.Now().Add(5 * time.Second)
+	var crashed, alive hearth.View
 	for {
 		v1, _ := f.rt.Get(ctx, "l1")
 		v2, _ := f.rt.Get(ctx, "l2")
 		if v1.Status == hearth.StatusCrashed || v2.Status == hearth.StatusCrashed {
+			crashed, alive = v1, v2
+			if v2.Status == hearth.StatusCrashed {
+				crashed, alive = v2, v1
+			}
 			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("VM of a dead page-fault server still %s/%s", v1.Status, v2.Status)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(crashed.Exit, "page-fault server") || !strings.Contains(crashed.Exit, "died") {
+		t.Fatalf("crash reason %q does not name the page-fault server", crashed.Exit)
+	}
+	waitGone(t, before[crashed.ID])
+	if alive.Status != hearth.StatusRunning {
+		t.Fatalf("the other clone: %s", alive.Status)
 	}
 	for _, id := range []string{"src", "l1", "l2"} {
 		if err := f.rt.Destroy(ctx, id); err != nil {

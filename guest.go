@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/hearth-vm/hearth/agent"
@@ -17,6 +18,11 @@ import (
 // AgentReadyTimeout bounds how long a restore waits for the clone's
 // agent to take its new token.
 const AgentReadyTimeout = 20 * time.Second
+
+// DefaultAgentTimeout is Config.AgentTimeout's default. It exceeds the
+// agent client's connect budget (a hello retried on fresh connections),
+// so a slow but live guest still gets through.
+const DefaultAgentTimeout = 15 * time.Second
 
 func newToken() string {
 	var b [24]byte
@@ -68,24 +74,54 @@ func (r *Runtime) Agent(ctx context.Context, id string) (*agent.Client, error) {
 		if e.agent != nil {
 			e.agent.Close()
 		}
-		e.agent = agent.New(r.agentDialer(rec.Key, rec.Backend), rec.AgentToken, agent.WithLogger(r.log))
+		e.agent = agent.New(r.agentDialer(rec.Key, rec.Backend), rec.AgentToken, agent.WithLogger(r.log), agent.WithCallTimeout(r.cfg.AgentTimeout))
 		e.agentToken = rec.AgentToken
 	}
 	return e.agent, nil
 }
 
 // Exec runs a command in the VM through its agent and returns its exit
-// status; output streams to cmd's writers.
+// status; output streams to cmd's writers. An agent that does not start
+// the command within Config.AgentTimeout (a frozen guest) fails it with a
+// KindTimeout error; once started, the command runs until it ends or ctx
+// does.
 func (r *Runtime) Exec(ctx context.Context, id string, cmd *agent.Cmd) (*agent.ExitStatus, error) {
+	const op = "exec"
 	c, err := r.Agent(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	st, err := c.Exec(ctx, cmd)
+	// The deadline covers only the start: the command's lifetime is
+	// tied to sctx, which therefore lives until Exec returns.
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var late atomic.Bool
+	watchdog := time.AfterFunc(r.cfg.AgentTimeout, func() {
+		late.Store(true)
+		cancel()
+	})
+	p, err := c.Start(sctx, cmd)
+	watchdog.Stop()
 	if err != nil {
-		return nil, newErr(KindGuestMetadata, "exec", id, err)
+		if late.Load() && ctx.Err() == nil {
+			return nil, newErr(KindTimeout, op, id, fmt.Errorf("the guest agent did not start the command within %v: %w", r.cfg.AgentTimeout, err))
+		}
+		return nil, agentErr(op, id, err)
+	}
+	st, err := p.Wait()
+	if err != nil {
+		return nil, agentErr(op, id, err)
 	}
 	return st, nil
+}
+
+// agentErr classifies an error of the guest agent: a call that ran out of
+// time is KindTimeout, anything else KindGuestMetadata.
+func agentErr(op, id string, err error) error {
+	if isTimeout(err) {
+		return newErr(KindTimeout, op, id, err)
+	}
+	return newErr(KindGuestMetadata, op, id, err)
 }
 
 // rotateAgent gives a restored clone its own token (the snapshot carries

@@ -172,3 +172,37 @@ func (r *Runtime) watchUffd(e *vmEntry) {
 		}()
 	}
 }
+
+// uffdFailure says why the VM's page-fault server failed, or "" when it
+// did not (or the VM has none): its own recorded error, or that it is
+// gone while its status still says it was serving (killed). A VMM that
+// dies for that reason is recorded crashed with it, not with a bare
+// signal.
+func (r *Runtime) uffdFailure(e *vmEntry) string {
+	for _, res := range e.rec.Resources {
+		if res.Kind != resProcess || res.Name != "uffd" {
+			continue
+		}
+		st, err := uffd.ReadStatus(filepath.Join(r.vmDir(e.rec.Key), uffdStatus))
+		if err != nil {
+			return ""
+		}
+		if st.State == uffd.StateFailed || st.Error != "" {
+			return fmt.Sprintf("page-fault server (pid %d) failed: %s", st.Pid, st.Error)
+		}
+		if st.State == uffd.StateExited || st.State == uffd.StateDetached {
+			return ""
+		}
+		id, err := processIdentity(res)
+		if err != nil {
+			return ""
+		}
+		p, err := proc.Adopt(id)
+		if err == nil {
+			p.Release()
+			return "" // still there: it did not take the VM down
+		}
+		return fmt.Sprintf("page-fault server (pid %d) died while %s", st.Pid, st.State)
+	}
+	return ""
+}

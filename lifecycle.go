@@ -375,6 +375,9 @@ func (r *Runtime) watchMachine(e *vmEntry, m vmm.Machine) {
 		e.machine, e.rec.Handle = nil, nil
 		e.rec.Status = string(StatusCrashed)
 		e.rec.Exit = exitText(st)
+		if why := r.uffdFailure(e); why != "" {
+			e.rec.Exit = why + "; " + e.rec.Exit
+		}
 		if err := r.save("watch", e); err != nil {
 			r.log.Error("record crash", "vm", e.rec.ID, "err", err)
 		}

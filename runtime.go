@@ -50,6 +50,11 @@ type Config struct {
 	// StopTimeout bounds a graceful stop before the VMM is killed
 	// (default 10 s).
 	StopTimeout time.Duration
+	// AgentTimeout bounds each guest-agent call until the agent answers
+	// (an exec until its command has started; the command itself runs as
+	// long as it runs), so that a frozen guest fails calls with a
+	// KindTimeout error instead of hanging them (default 15 s).
+	AgentTimeout time.Duration
 	// ObserveStep, when set, receives the duration of every create and
 	// restore pipeline step (reserve, dir, allocate, rootfs, launch,
 	// configure, load, record) with the VM's backend, e.g. for latency
@@ -229,6 +234,9 @@ func Open(ctx context.Context, cfg Config) (*Runtime, error) {
 	}
 	if r.cfg.StopTimeout <= 0 {
 		r.cfg.StopTimeout = 10 * time.Second
+	}
+	if r.cfg.AgentTimeout <= 0 {
+		r.cfg.AgentTimeout = DefaultAgentTimeout
 	}
 	if r.cfg.Defaults.BootArgs == "" {
 		r.cfg.Defaults.BootArgs = DefaultBootArgs

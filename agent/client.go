@@ -31,6 +31,7 @@ type options struct {
 	helloTimeout time.Duration
 	keepAlive    time.Duration
 	window       uint32
+	callTimeout  time.Duration
 }
 
 // WithLogger sets the client's logger (default: discard).
@@ -44,6 +45,15 @@ func WithHelloTimeout(d time.Duration) Option { return func(o *options) { o.hell
 // disables). A session whose pings go unanswered is closed, and the next
 // call reconnects.
 func WithKeepAlive(d time.Duration) Option { return func(o *options) { o.keepAlive = d } }
+
+// WithCallTimeout bounds every request-response call (ping, info, env,
+// secrets, file metadata, signals, token, clock, power), including any
+// (re)connect it needs, so that an agent that stops answering — a frozen
+// or wedged guest — fails the call with context.DeadlineExceeded instead
+// of blocking it until the session's keep-alive gives up. Streaming calls
+// (exec, file transfers) last as long as their data and are bounded by
+// their context only. 0 (the default) leaves calls to their context.
+func WithCallTimeout(d time.Duration) Option { return func(o *options) { o.callTimeout = d } }
 
 // WithWindow sets the per-stream receive window (default 4 MiB, at least
 // 256 KiB); larger windows help bulk file transfers.
@@ -440,6 +450,11 @@ func codeForStatus(st int) string {
 // jsonCall sends in (if not nil) as JSON and decodes the answer into out
 // (if not nil).
 func (c *Client) jsonCall(ctx context.Context, method, path string, query url.Values, in, out any, idempotent bool) error {
+	if d := c.opts.callTimeout; d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
 	cl := &call{method: method, path: path, query: query, idempotent: idempotent}
 	if in != nil {
 		b, err := json.Marshal(in)

@@ -96,7 +96,7 @@ func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.reqlog.write(requestLogLine{Method: method, Path: path, Body: rawOrString(body), Event: "crash"})
 		s.log.Error("injected crash", "method", method, "path", path)
 		os.Exit(exitCrash)
-	case s.faults.match(s.faults.hang, method, path):
+	case s.faults.match(s.faults.hang, method, path), s.faults.hangs(method, path):
 		s.reqlog.write(requestLogLine{Method: method, Path: path, Body: rawOrString(body), Event: "hang"})
 		s.log.Warn("injected hang: never answering", "method", method, "path", path)
 		select {

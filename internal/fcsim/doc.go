@@ -133,6 +133,15 @@
 //	    snapshot-enospc    /snapshot/create writes half the memory file,
 //	                       then fails 400 "... No space left on device"
 //	    A path ending in * matches a prefix.
+//	--hang-at, HEARTH_FCSIM_HANG_AT   requests the API accepts and never
+//	    answers (the request is logged with event "hang"; the handler
+//	    returns when the client gives up or the process exits), as a hung
+//	    VMM does: comma-separated "METHOD /path" entries (METHOD * is any
+//	    method, a path ending in * matches a prefix), e.g. "PATCH /vm";
+//	    or "@FILE": the entries (one a line or comma-separated) are read
+//	    from FILE on every request, so a test can hang a VMM that is
+//	    already running by writing FILE (no file, no hang). A jailed VMM
+//	    reads FILE inside its chroot.
 //	--request-log, HEARTH_FCSIM_REQUEST_LOG   append one JSON line per
 //	    request: {"ts","method","path","body" (raw JSON, a string if not
 //	    JSON, or null),"status" (0 if never answered),"fault","event"

@@ -22,6 +22,7 @@ const (
 	EnvUffdVerify      = "HEARTH_FCSIM_UFFD_VERIFY"
 	EnvFifoOpenTimeout = "HEARTH_FCSIM_FIFO_OPEN_TIMEOUT"
 	EnvTickInterval    = "HEARTH_FCSIM_TICK"
+	EnvHangAt          = "HEARTH_FCSIM_HANG_AT"
 )
 
 // Firecracker's exit codes (FcExitCode) that the simulator uses.
@@ -53,6 +54,7 @@ type Options struct {
 
 	// Simulator-only.
 	FailAt          string
+	HangAt          string
 	RequestLog      string
 	MetricsInterval time.Duration
 	UffdTimeout     time.Duration
@@ -96,6 +98,7 @@ func parseOptions(args []string, stderr io.Writer) (*Options, error) {
 	fs.BoolVar(&ignoredB, "enable-pci", false, "ignored")
 
 	fs.StringVar(&o.FailAt, "fail-at", "", "fault injection (comma-separated; see doc.go)")
+	fs.StringVar(&o.HangAt, "hang-at", os.Getenv(EnvHangAt), `requests accepted and never answered: "METHOD /path" entries (comma-separated), or @FILE to read them from FILE on every request (see doc.go)`)
 	fs.StringVar(&o.RequestLog, "request-log", "", "append one JSON line per API request to this file")
 	fs.DurationVar(&o.MetricsInterval, "metrics-interval", envDuration(EnvMetricsInterval, 60*time.Second), "periodic metrics flush interval")
 	fs.DurationVar(&o.UffdTimeout, "uffd-timeout", envDuration(EnvUffdTimeout, 10*time.Second), "how long a Uffd restore may take to fault in guest memory")
@@ -143,10 +146,68 @@ func envDuration(name string, def time.Duration) time.Duration {
 	return def
 }
 
-// faults is the parsed HEARTH_FCSIM_FAIL_AT / --fail-at list.
+// faults is the parsed HEARTH_FCSIM_FAIL_AT / --fail-at list, with the
+// HEARTH_FCSIM_HANG_AT / --hang-at entries.
 type faults struct {
 	start, ready, enospc bool
 	api, crash, hang     map[string]bool // "METHOD path"
+	// hangAt are "METHOD /path" entries; hangFile, when set, holds them
+	// instead and is read on every request.
+	hangAt   []string
+	hangFile string
+}
+
+// parseHangAt parses the --hang-at value into f.
+func (f *faults) parseHangAt(spec string) error {
+	if file, ok := strings.CutPrefix(spec, "@"); ok {
+		if file == "" {
+			return fmt.Errorf("--hang-at @FILE needs a file name")
+		}
+		f.hangFile = file
+		return nil
+	}
+	for _, e := range splitHangEntries(spec) {
+		m, p, ok := strings.Cut(e, " ")
+		if !ok || m == "" || !strings.HasPrefix(strings.TrimSpace(p), "/") {
+			return fmt.Errorf(`bad hang entry %q: want "METHOD /path" (METHOD may be *, a path ending in * matches a prefix)`, e)
+		}
+		f.hangAt = append(f.hangAt, e)
+	}
+	return nil
+}
+
+func splitHangEntries(s string) []string {
+	var out []string
+	for _, e := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == '\n' }) {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// hangs reports whether the request must never be answered. A hang file
+// that does not exist (or cannot be read) hangs nothing.
+func (f *faults) hangs(method, path string) bool {
+	entries := f.hangAt
+	if f.hangFile != "" {
+		b, err := os.ReadFile(f.hangFile)
+		if err != nil {
+			return false
+		}
+		entries = splitHangEntries(string(b))
+	}
+	for _, e := range entries {
+		m, p, _ := strings.Cut(e, " ")
+		p = strings.TrimSpace(p)
+		if m != "*" && !strings.EqualFold(m, method) {
+			continue
+		}
+		if pre, ok := strings.CutSuffix(p, "*"); ok && strings.HasPrefix(path, pre) || p == path {
+			return true
+		}
+	}
+	return false
 }
 
 func parseFaults(spec string) (*faults, error) {

@@ -142,6 +142,26 @@ func TestFaultInjection(t *testing.T) {
 		p.client = unixClient(p.sock, 5*time.Second)
 		p.must("GET", "/", "")
 	})
+	t.Run("hang-at file", func(t *testing.T) {
+		// A running VMM whose API stops answering once the file names
+		// the request.
+		hang := filepath.Join(t.TempDir(), "hang")
+		p := startSim(t, simConfig{env: []string{EnvHangAt + "=@" + hang}})
+		files := makeVMFiles(t, p.dir)
+		p.bootMinimal(files, 32)
+		p.must("PATCH", "/vm", `{"state":"Paused"}`)
+		if err := os.WriteFile(hang, []byte("PATCH /vm"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p.client.Timeout = 300 * time.Millisecond
+		if st, _ := p.do("PATCH", "/vm", `{"state":"Resumed"}`); st != 0 {
+			t.Fatalf("hanging request answered %d", st)
+		}
+		p.client = unixClient(p.sock, 5*time.Second)
+		p.must("GET", "/", "")
+		os.Remove(hang)
+		p.must("PATCH", "/vm", `{"state":"Resumed"}`)
+	})
 	t.Run("snapshot-enospc", func(t *testing.T) {
 		p := startSim(t, simConfig{env: []string{EnvFailAt + "=snapshot-enospc"}})
 		files := makeVMFiles(t, p.dir)

@@ -124,6 +124,9 @@ func firecrackerMain(args []string) int {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("vm", opts.ID, "pid", os.Getpid())
 	f, err := parseFaults(opts.FailAt)
+	if err == nil {
+		err = f.parseHangAt(opts.HangAt)
+	}
 	if err != nil {
 		log.Error("bad fault injection", "err", err)
 		return exitArgParsing

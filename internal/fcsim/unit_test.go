@@ -3,6 +3,8 @@ package fcsim
 import (
 	"encoding/json"
 	"io"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -41,6 +43,51 @@ func TestParseFaults(t *testing.T) {
 		if err == nil && !tc.check(f) {
 			t.Errorf("%q: parsed %+v", tc.spec, f)
 		}
+	}
+}
+
+func TestHangAt(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "hang")
+	type req struct{ method, path string }
+	tests := []struct {
+		name, spec string
+		file       string // written before the checks when not empty
+		wantErr    bool
+		hang, pass []req
+	}{
+		{name: "none", pass: []req{{"GET", "/"}}},
+		{name: "one", spec: "PATCH /vm", hang: []req{{"PATCH", "/vm"}, {"patch", "/vm"}}, pass: []req{{"PUT", "/vm"}, {"PATCH", "/vm/x"}}},
+		{name: "any method, prefix", spec: "* /snapshot/*, PUT /actions", hang: []req{{"PUT", "/snapshot/create"}, {"GET", "/snapshot/x"}, {"PUT", "/actions"}}, pass: []req{{"GET", "/"}}},
+		{name: "file absent", spec: "@" + file, pass: []req{{"PATCH", "/vm"}}},
+		{name: "file", spec: "@" + file, file: "PATCH /vm\n* /actions\n", hang: []req{{"PATCH", "/vm"}, {"PUT", "/actions"}}, pass: []req{{"GET", "/"}}},
+		{name: "no path", spec: "PATCH", wantErr: true},
+		{name: "relative path", spec: "PATCH vm", wantErr: true},
+		{name: "empty file name", spec: "@", wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			os.Remove(file)
+			if tc.file != "" {
+				if err := os.WriteFile(file, []byte(tc.file), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f := &faults{}
+			err := f.parseHangAt(tc.spec)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err = %v", err)
+			}
+			for _, r := range tc.hang {
+				if !f.hangs(r.method, r.path) {
+					t.Errorf("%s %s not hung", r.method, r.path)
+				}
+			}
+			for _, r := range tc.pass {
+				if f.hangs(r.method, r.path) {
+					t.Errorf("%s %s hung", r.method, r.path)
+				}
+			}
+		})
 	}
 }
 
