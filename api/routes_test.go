@@ -339,3 +339,53 @@ func TestImagesThroughClient(t *testing.T) {
 		t.Fatalf("get removed: %v", err)
 	}
 }
+
+// TestEveryBodyIsStrict sends each route that takes a JSON body a
+// malformed body, an unknown field, trailing data and an oversize body:
+// each is a 400 invalid_argument, before anything happens.
+func TestEveryBodyIsStrict(t *testing.T) {
+	opt, _ := withImages(t)
+	e := serve(t, opt)
+	if _, err := e.c.CreateAndStart(context.Background(), "vm1", e.spec); err != nil {
+		t.Fatal(err)
+	}
+	routes := []struct{ method, path, valid string }{
+		{"POST", "/v1/vms", `{"id":"x"}`},
+		{"PATCH", "/v1/vms/vm1", `{"drives":[]}`},
+		{"POST", "/v1/vms/vm1/rename", `{"new_id":"y"}`},
+		{"POST", "/v1/vms/vm1/snapshots", `{"name":"s"}`},
+		{"POST", "/v1/snapshots/s/restore", `{"vm":"z"}`},
+		{"POST", "/v1/snapshots/gc", `{"keep_per_vm":1}`},
+		{"POST", "/v1/vms/vm1/exec", `{"args":["true"]}`},
+		{"PUT", "/v1/vms/vm1/egress", `{"allow":[]}`},
+		{"POST", "/v1/images", `{"name":"i","source":"/nonexistent"}`},
+		{"POST", "/v1/images/build", `{"recipe":"default"}`},
+	}
+	huge := `{"pad":"` + strings.Repeat("a", api.MaxBodyBytes) + `"}`
+	for _, r := range routes {
+		for name, body := range map[string]string{
+			"malformed":     r.valid[:len(r.valid)-1],
+			"unknown field": `{"bogus_field":1,` + r.valid[1:],
+			"trailing data": r.valid + ` {}`,
+			"wrong type":    `[]`,
+			"oversize":      huge,
+			"empty":         ``,
+		} {
+			resp, b := e.send(t, r.method, r.path, body)
+			var env api.ErrorEnvelope
+			if resp.StatusCode != 400 || json.Unmarshal(b, &env) != nil || env.Error.Kind != hearth.KindInvalidArgument {
+				t.Errorf("%s %s with a %s body: %d %s", r.method, r.path, name, resp.StatusCode, b)
+			}
+		}
+	}
+	// Nothing happened: no VM, snapshot or image beyond vm1.
+	if l, _ := e.c.List(context.Background()); len(l) != 1 || l[0].Status != hearth.StatusRunning {
+		t.Fatalf("VMs after refused bodies: %+v", l)
+	}
+	if s, _ := e.c.Snapshots(context.Background()); len(s) != 0 {
+		t.Fatalf("snapshots after refused bodies: %+v", s)
+	}
+	if ims, _ := e.c.Images(context.Background()); len(ims) != 0 {
+		t.Fatalf("images after refused bodies: %+v", ims)
+	}
+}
