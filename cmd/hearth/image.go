@@ -369,13 +369,19 @@ func imageRmCmd(g *globals) *cobra.Command {
 				return err
 			}
 			var errs []error
+			removed := []string{}
 			for _, n := range args {
 				if err := imgs.Remove(cmd.Context(), n); err != nil {
 					errs = append(errs, err)
 					continue
 				}
-				fmt.Fprintln(cmd.OutOrStdout(), n)
+				removed = append(removed, n)
 			}
+			errs = append(errs, g.print(cmd.OutOrStdout(), removed, func(w io.Writer) {
+				for _, n := range removed {
+					fmt.Fprintln(w, n)
+				}
+			}))
 			return errors.Join(errs...)
 		},
 	}

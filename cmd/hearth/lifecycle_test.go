@@ -201,6 +201,19 @@ func TestCLILifecycleMem(t *testing.T) {
 	if len(views) != 0 {
 		t.Fatalf("fresh daemon lists %+v", views)
 	}
+	var ver map[string]string
+	c.json(&ver, "version")
+	if ver["version"] == "" {
+		t.Fatalf("version: %v", ver)
+	}
+	// Commands acting on several names print those that succeeded.
+	var done []string
+	names := func(want ...string) {
+		t.Helper()
+		if strings.Join(done, ",") != strings.Join(want, ",") {
+			t.Fatalf("done %v, want %v", done, want)
+		}
+	}
 	var v hearth.View
 	c.json(&v, "create", "vm1", "--kernel", k, "--rootfs", r, "--memory", "64", "--drive", "id=data,path="+data, "--label", "app=web")
 	if v.Status != hearth.StatusCreated || v.Spec.Labels["app"] != "web" {
@@ -244,7 +257,8 @@ func TestCLILifecycleMem(t *testing.T) {
 	if len(snaps) != 1 {
 		t.Fatalf("snapshot ls: %+v", snaps)
 	}
-	c.ok("snapshot", "verify", "s1")
+	c.json(&done, "snapshot", "verify", "s1")
+	names("s1")
 	c.code(3, "snapshot", "verify", "nope")
 	c.json(&v, "restore", "s1", "c1", "--label", "clone=yes")
 	if v.ID != "c1" || v.Status != hearth.StatusRunning || v.RestoredFrom != "s1" {
@@ -288,7 +302,8 @@ func TestCLILifecycleMem(t *testing.T) {
 	if len(checks) != 1 || checks[0]["ok"] != true {
 		t.Fatalf("image verify: %+v", checks)
 	}
-	c.ok("image", "rm", "raw")
+	c.json(&done, "image", "rm", "raw")
+	names("raw")
 	c.code(3, "image", "rm", "raw")
 	c.code(3, "image", "verify", "raw")
 
@@ -302,9 +317,11 @@ func TestCLILifecycleMem(t *testing.T) {
 	c.json(&v, "start", "vm1")
 	var removed []string
 	c.json(&removed, "gc", "--keep-per-vm", "1")
-	c.ok("rm", "vm1", "c2")
+	c.json(&done, "rm", "vm1", "c2")
+	names("vm1", "c2")
 	c.code(3, "rm", "vm1")
-	c.ok("snapshot", "rm", "s1")
+	c.json(&done, "snapshot", "rm", "s1")
+	names("s1")
 	c.code(3, "snapshot", "rm", "s1")
 	ev.waitFor(t, "vm1", "destroyed")
 	c.json(&views, "ps", "-a")

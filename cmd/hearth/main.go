@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -124,7 +125,7 @@ ps and inspect also work without a daemon, reading the state dir.`,
 	root.PersistentFlags().StringVar(&g.socket, "socket", socketDefault(), "daemon socket ($HEARTH_SOCKET)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
-	root.AddCommand(versionCmd(), psCmd(g), inspectCmd(g), demoCmd(g), serveCmd(g), imageCmd(g))
+	root.AddCommand(versionCmd(g), psCmd(g), inspectCmd(g), demoCmd(g), serveCmd(g), imageCmd(g))
 	root.AddCommand(lifecycleCmds(g)...)
 	root.AddCommand(jailCmd())
 	root.AddCommand(uffdCmd())
@@ -158,15 +159,17 @@ func groupsRefuseUnknown(c *cobra.Command) {
 	}
 }
 
-func versionCmd() *cobra.Command {
+func versionCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:     "version",
 		Short:   "Print hearth's version",
 		Long:    "Print the version this binary was built as (set with -ldflags \"-X main.version=…\").",
 		Example: "  hearth version",
 		Args:    cobra.NoArgs,
-		Run: func(cmd *cobra.Command, args []string) {
-			fmt.Fprintf(cmd.OutOrStdout(), "hearth %s\n", version)
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.print(cmd.OutOrStdout(), map[string]string{"version": version}, func(w io.Writer) {
+				fmt.Fprintf(w, "hearth %s\n", version)
+			})
 		},
 	}
 }

@@ -314,7 +314,9 @@ second. A failed write leaves no partial snapshot.`,
 				if err := c.VerifySnapshot(cmd.Context(), n); err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%s ok\n", n)
+				if g.output != "json" {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s ok\n", n)
+				}
 				return nil
 			})
 		},
@@ -656,15 +658,25 @@ func gcCmd(g *globals) *cobra.Command {
 }
 
 // eachArg connects to the daemon and runs fn for every argument, going on
-// past failures and returning them all.
+// past failures and returning them all. With -o json it prints the
+// arguments that succeeded as a JSON array (failures go to stderr and the
+// exit code).
 func eachArg(cmd *cobra.Command, g *globals, args []string, fn func(c *client.Client, arg string) error) error {
 	c, err := daemon(cmd.Context(), g)
 	if err != nil {
 		return err
 	}
 	var errs []error
+	done := []string{}
 	for _, a := range args {
-		errs = append(errs, fn(c, a))
+		err := fn(c, a)
+		if err == nil {
+			done = append(done, a)
+		}
+		errs = append(errs, err)
+	}
+	if g.output == "json" {
+		errs = append(errs, writeJSON(cmd.OutOrStdout(), done))
 	}
 	return errors.Join(errs...)
 }
