@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,8 +17,14 @@ import (
 
 	"github.com/hearth-vm/hearth"
 	"github.com/hearth-vm/hearth/api"
+	"github.com/hearth-vm/hearth/api/client"
+	"github.com/hearth-vm/hearth/firewall"
 	"github.com/hearth-vm/hearth/metrics"
+	"github.com/hearth-vm/hearth/network"
+	"github.com/hearth-vm/hearth/network/nstest"
 	"github.com/hearth-vm/hearth/rootfs"
+	"github.com/hearth-vm/hearth/vmm"
+	"github.com/hearth-vm/hearth/vmm/memvmm"
 )
 
 // staticELF writes a minimal static x86-64 executable: the catalog
@@ -239,7 +246,7 @@ func TestEveryRouteOverSocket(t *testing.T) {
 	ok["GET /v1/events"] = true
 
 	noSuccessHere := map[string]string{
-		"PUT /v1/vms/{id}/egress": "needs a VM network (root, namespaces): firewall and network_test.go",
+		"PUT /v1/vms/{id}/egress": "needs a VM network (root, namespaces): TestNetworkRoutesOverSocket",
 		"POST /v1/vms/{id}/exec":  "needs a guest agent: cmd/hearth TestCLIOnFirecracker",
 		"PUT /v1/vms/{id}/files":  "needs a guest agent: cmd/hearth TestCLIOnFirecracker",
 		"GET /v1/vms/{id}/files":  "needs a guest agent: cmd/hearth TestCLIOnFirecracker",
@@ -388,4 +395,76 @@ func TestEveryBodyIsStrict(t *testing.T) {
 	if ims, _ := e.c.Images(context.Background()); len(ims) != 0 {
 		t.Fatalf("images after refused bodies: %+v", ims)
 	}
+}
+
+// TestNetworkRoutesOverSocket covers the routes that need a VM network
+// (root; everything inside namespaces the test makes): the egress policy
+// replaced through PUT …/egress, and NIC rate limits through PATCH.
+func TestNetworkRoutesOverSocket(t *testing.T) {
+	nstest.RequireRoot(t)
+	ctx := context.Background()
+	w := nstest.NewWorld(t)
+	dir := t.TempDir()
+	k, r := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "rootfs.ext4")
+	os.WriteFile(k, []byte("k"), 0o600)
+	os.WriteFile(r, []byte("r"), 0o600)
+	backend := memvmm.New()
+	rt, err := hearth.Open(ctx, hearth.Config{StateDir: filepath.Join(dir, "state"), Backends: []vmm.Backend{backend},
+		Network: &hearth.NetworkConfig{
+			Network:  network.Config{Mode: network.ModeNetNS, HostNS: w.Host.Path, NetNSDir: filepath.Join(w.Dir, "vmns"), EgressIface: nstest.EgressIface, PoolSize: -1},
+			Firewall: firewall.NFTables,
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sockDir := shortTemp(t)
+	sock := filepath.Join(sockDir, "api.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: api.NewServer(rt, api.Options{})}
+	go hs.Serve(l)
+	t.Cleanup(func() { hs.Close(); rt.Close() })
+	c := client.New(sock)
+	if _, err := c.CreateAndStart(ctx, "n1", hearth.Spec{Kernel: k, Rootfs: r, Network: &hearth.NetworkSpec{Allow: []string{"tcp:198.18.1.10/32:443"}}}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Destroy(ctx, "n1")
+	if err := c.SetEgress(ctx, "n1", []string{"udp:198.18.0.0/16:53"}, []string{"198.18.0.53"}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := c.Get(ctx, "n1")
+	if err != nil || len(v.Spec.Network.Allow) != 1 || v.Spec.Network.Allow[0] != "udp:198.18.0.0/16:53" {
+		t.Fatalf("egress not recorded: %+v %v", v.Spec.Network, err)
+	}
+	if err := c.SetEgress(ctx, "n1", []string{"tcp:nonsense"}, nil); !errors.Is(err, hearth.ErrInvalidArgument) {
+		t.Fatalf("bad rule: %v", err)
+	}
+	rx := &hearth.RateLimit{Bandwidth: &hearth.TokenBucket{Size: 1 << 20, RefillTimeMs: 100}}
+	v, err = c.SetRateLimits(ctx, "n1", hearth.RateLimits{Network: &hearth.NetworkRateLimits{RxRateLimit: rx}})
+	if err != nil || v.Spec.Network.RxRateLimit == nil || v.Spec.Network.RxRateLimit.Bandwidth.Size != 1<<20 {
+		t.Fatalf("nic limits: %+v %v", v.Spec.Network, err)
+	}
+	// The machine got the whole new limits of its NIC.
+	var nic *vmm.NIC
+	for _, m := range backend.Machines() {
+		cfg := m.Config()
+		if len(cfg.NICs) == 1 {
+			nic = &cfg.NICs[0]
+		}
+	}
+	if nic == nil || nic.RX == nil || nic.RX.Bandwidth.Size != 1<<20 || nic.TX != nil {
+		t.Fatalf("machine NIC %+v", nic)
+	}
+}
+
+func shortTemp(t *testing.T) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "hapi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
 }

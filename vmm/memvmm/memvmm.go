@@ -339,6 +339,17 @@ func (b *Backend) Find(vmID string) *Machine {
 	return nil
 }
 
+// Machines returns the machines that have not exited.
+func (b *Backend) Machines() []*Machine {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]*Machine, 0, len(b.machines))
+	for _, m := range b.machines {
+		out = append(out, m)
+	}
+	return out
+}
+
 // Guestless implements vmm.Guestless: there is no guest to talk to.
 func (m *Machine) Guestless() bool { return true }
 
