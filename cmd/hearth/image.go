@@ -85,6 +85,14 @@ func (d daemonImages) Import(ctx context.Context, r api.ImportImageRequest, p fu
 	return d.c.ImportImage(ctx, r, p)
 }
 
+// withTimeout bounds ctx by d unless d is 0.
+func withTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if d <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
+}
+
 // absPath makes a host path absolute (the daemon's working directory is
 // not ours); empty stays empty.
 func absPath(flag, p string) (string, error) {
@@ -210,6 +218,7 @@ func findAgent(flag string) (string, error) {
 func imageBuildCmd(g *globals) *cobra.Command {
 	var req api.BuildImageRequest
 	var agent, size string
+	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "build default",
 		Short: "Build the default guest image from Debian packages",
@@ -225,7 +234,7 @@ unchanged, the existing image is verified and reused.
 
 Progress is a bar on a terminal and one line per step otherwise. Through a
 daemon the build runs there and its steps stream back; interrupting the
-command cancels it.`,
+command, or --timeout passing, cancels it.`,
 		Example: `  hearth image build default
   hearth image build default --force --size 512M
   hearth image build default --kernel-deb ./linux-image.deb --busybox-deb ./busybox-static.deb`,
@@ -259,8 +268,10 @@ command cancels it.`,
 			if err != nil {
 				return err
 			}
+			ctx, cancel := withTimeout(cmd.Context(), timeout)
+			defer cancel()
 			pr := newProgress(cmd.ErrOrStderr())
-			res, err := imgs.Build(cmd.Context(), req, func(p api.Progress) { pr.Step(p.Step, p.Total, p.Message) })
+			res, err := imgs.Build(ctx, req, func(p api.Progress) { pr.Step(p.Step, p.Total, p.Message) })
 			pr.Done()
 			if err != nil {
 				return err
@@ -288,12 +299,14 @@ command cancels it.`,
 	f.StringVar(&size, "size", "256M", "root filesystem size (sparse)")
 	f.StringSliceVar(&req.Modules, "modules", nil, "modules the initramfs loads (default: "+strings.Join(image.DefaultModules, ",")+")")
 	f.BoolVar(&req.Force, "force", false, "rebuild even when the image is up to date")
+	f.DurationVar(&timeout, "timeout", 30*time.Minute, "give up (and cancel the build) after this long; 0 for never")
 	return cmd
 }
 
 func imageImportCmd(g *globals) *cobra.Command {
 	var req api.ImportImageRequest
 	var size string
+	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "import NAME SOURCE",
 		Short: "Import a directory, an OCI/docker image tarball or an ext4 image",
@@ -333,8 +346,10 @@ another image with --kernel-from (default: the "default" image, if any).`,
 			if err != nil {
 				return err
 			}
+			ctx, cancel := withTimeout(cmd.Context(), timeout)
+			defer cancel()
 			pr := newProgress(cmd.ErrOrStderr())
-			im, err := imgs.Import(cmd.Context(), req, func(p api.Progress) { pr.Line(p.Message) })
+			im, err := imgs.Import(ctx, req, func(p api.Progress) { pr.Line(p.Message) })
 			pr.Done()
 			if err != nil {
 				return err
@@ -352,6 +367,7 @@ another image with --kernel-from (default: the "default" image, if any).`,
 	f.StringVar(&req.Tag, "tag", "", "image to take from a tarball holding several")
 	f.StringVar(&size, "size", "", "root filesystem size (default: content plus headroom)")
 	f.BoolVar(&req.Replace, "replace", false, "replace an existing image of the same name")
+	f.DurationVar(&timeout, "timeout", 30*time.Minute, "give up (and cancel the import) after this long; 0 for never")
 	return cmd
 }
 

@@ -280,6 +280,15 @@ func TestCLILifecycleMem(t *testing.T) {
 	if len(views) != 2 {
 		t.Fatalf("ps -a: %+v", views)
 	}
+	c.json(&views, "ps", "--label", "clone=yes")
+	if len(views) != 1 || views[0].ID != "c2" {
+		t.Fatalf("ps --label clone=yes: %+v", views)
+	}
+	c.json(&views, "ps", "--label", "app", "--status", "running")
+	if len(views) != 2 {
+		t.Fatalf("ps --label app --status running: %+v", views)
+	}
+	c.code(2, "ps", "--status", "zombie")
 
 	// Images through the daemon: import an ext4 file, list, verify, remove.
 	disk := filepath.Join(dir, "disk.ext4")

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -26,18 +27,24 @@ func readState(g *globals) (*store.Store, error) {
 
 func psCmd(g *globals) *cobra.Command {
 	var asJSON, all bool
+	var labels []string
+	var status string
 	cmd := &cobra.Command{
 		Use:     "ps",
 		Short:   "List VMs",
 		Long:    "List VMs with their status, backend and VMM pid: from the daemon when one runs, else straight from the state dir. Stopped and crashed VMs are shown with -a.",
-		Example: "  hearth ps\n  hearth ps -a -o json",
+		Example: "  hearth ps\n  hearth ps -a -o json\n  hearth ps --label tenant=acme --status paused",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if status != "" && !hearth.Status(status).Valid() {
+				return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "ps", Err: fmt.Errorf("--status %q: not a VM status", status)}
+			}
 			views, err := listViews(cmd.Context(), g)
 			if err != nil {
 				return err
 			}
-			if !all {
+			views = filterViews(views, labels, hearth.Status(status))
+			if !all && status == "" {
 				kept := views[:0]
 				for _, v := range views {
 					if v.Status != hearth.StatusStopped && v.Status != hearth.StatusCrashed {
@@ -55,6 +62,8 @@ func psCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().BoolVarP(&all, "all", "a", false, "include stopped and crashed VMs")
+	cmd.Flags().StringArrayVarP(&labels, "label", "l", nil, "only VMs with this label, key or key=value (repeatable; all must match)")
+	cmd.Flags().StringVar(&status, "status", "", "only VMs in this status (implies -a)")
 	return cmd
 }
 
@@ -74,6 +83,27 @@ func listViews(ctx context.Context, g *globals) ([]hearth.View, error) {
 		return nil, &hearth.Error{Kind: hearth.KindStatePoisoned, Op: "ps", Err: err}
 	}
 	return hearth.ViewsFromRecords(recs), nil
+}
+
+// filterViews keeps the VMs carrying every label (key or key=value) and,
+// when status is set, in that status; the daemon's GET /v1/vms filters
+// the same way.
+func filterViews(views []hearth.View, labels []string, status hearth.Status) []hearth.View {
+	kept := views[:0:0]
+	for _, v := range views {
+		ok := status == "" || v.Status == status
+		for _, l := range labels {
+			k, val, hasVal := strings.Cut(l, "=")
+			got, present := v.Spec.Labels[k]
+			if !present || hasVal && got != val {
+				ok = false
+			}
+		}
+		if ok {
+			kept = append(kept, v)
+		}
+	}
+	return kept
 }
 
 func printViews(w io.Writer, views []hearth.View, now time.Time) {
