@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hearth-vm/hearth/firewall"
+	"github.com/hearth-vm/hearth/network"
+	"github.com/hearth-vm/hearth/network/nstest"
 	"github.com/hearth-vm/hearth/vmm"
 	"github.com/hearth-vm/hearth/vmm/firecracker"
 )
@@ -37,7 +40,31 @@ const (
 	envCrashState = "HEARTH_TEST_CRASH_STATE"
 	envCrashSim   = "HEARTH_TEST_CRASH_SIM"
 	envCrashOp    = "HEARTH_TEST_CRASH_OP"
+	// envCrashFull gives the VM a jail and a network in namespaces the
+	// parent made: "<host netns>|<VM netns dir>" (root only).
+	envCrashFull = "HEARTH_TEST_CRASH_FULL"
 )
+
+// crashCgroupParent is the jails' parent cgroup in the crash test.
+const crashCgroupParent = "hearth-test-crash"
+
+// crashFull says where a fully equipped VM (jail, network, firewall)
+// gets its network; the zero value means a bare VM.
+type crashFull struct{ hostNS, nsDir string }
+
+func (f crashFull) on() bool { return f.hostNS != "" }
+
+func (f crashFull) env() string {
+	if !f.on() {
+		return ""
+	}
+	return f.hostNS + "|" + f.nsDir
+}
+
+func parseCrashFull(s string) crashFull {
+	host, dir, _ := strings.Cut(s, "|")
+	return crashFull{host, dir}
+}
 
 // TestCrashChild is the process that dies; it only runs when re-executed
 // by TestCrashConsistency.
@@ -46,7 +73,8 @@ func TestCrashChild(t *testing.T) {
 	if step == "" {
 		t.Skip("helper process for TestCrashConsistency")
 	}
-	rt := openCrashRuntime(t, os.Getenv(envCrashState), os.Getenv(envCrashSim))
+	full := parseCrashFull(os.Getenv(envCrashFull))
+	rt := openCrashRuntime(t, os.Getenv(envCrashState), os.Getenv(envCrashSim), full)
 	ctx := context.Background()
 	crash := func(name string) error {
 		if name == step {
@@ -56,6 +84,9 @@ func TestCrashChild(t *testing.T) {
 	}
 	op := os.Getenv(envCrashOp)
 	spec := crashSpec(os.Getenv(envCrashState), op != "restore")
+	if full.on() {
+		spec.Jail = &JailSpec{PidsMax: 64}
+	}
 	if op == "create" {
 		rt.inject = crash
 		if _, err := rt.Create(ctx, "v", spec); err != nil {
@@ -103,13 +134,24 @@ func crashSpec(state string, agent bool) Spec {
 	return Spec{Kernel: filepath.Join(dir, "vmlinux"), Rootfs: filepath.Join(dir, "rootfs.ext4"), MemoryMiB: 32, Agent: &agent}
 }
 
-func openCrashRuntime(t *testing.T, state, sim string) *Runtime {
+func openCrashRuntime(t *testing.T, state, sim string, full crashFull) *Runtime {
 	t.Helper()
-	b, err := firecracker.New(firecracker.Options{Binary: sim, Logger: slog.New(slog.DiscardHandler)})
+	opts := firecracker.Options{Binary: sim, Logger: slog.New(slog.DiscardHandler)}
+	cfg := Config{StateDir: state}
+	if full.on() {
+		opts.JailerBinary, opts.ParentCgroup = filepath.Join(filepath.Dir(sim), "jailer"), crashCgroupParent
+		cfg.JailCgroupParent = crashCgroupParent
+		cfg.Network = &NetworkConfig{
+			Network:  network.Config{Mode: network.ModeNetNS, HostNS: full.hostNS, NetNSDir: full.nsDir, EgressIface: nstest.EgressIface, PoolSize: -1},
+			Firewall: firewall.NFTables,
+		}
+	}
+	b, err := firecracker.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt, err := Open(context.Background(), Config{StateDir: state, Backends: []vmm.Backend{b}})
+	cfg.Backends = []vmm.Backend{b}
+	rt, err := Open(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,8 +173,18 @@ func TestCrashConsistency(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build simulator: %v\n%s", err, out)
 	}
-	os.WriteFile(filepath.Join(work, "vmlinux"), []byte("k"), 0o600)
-	os.WriteFile(filepath.Join(work, "rootfs.ext4"), make([]byte, 1<<20), 0o600)
+	os.WriteFile(filepath.Join(work, "vmlinux"), []byte("k"), 0o644)
+	os.WriteFile(filepath.Join(work, "rootfs.ext4"), make([]byte, 1<<20), 0o644)
+	// As root, the VMs of destroy runs hold every kind of resource: a
+	// jail (chroot, uid, cgroups), a network namespace with its links and
+	// an egress firewall, all inside a world of namespaces made here.
+	var world *nstest.World
+	if os.Geteuid() == 0 {
+		world = nstest.NewWorld(t)
+		if err := os.Symlink(sim, filepath.Join(work, "jailer")); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	type run struct{ op, step string }
 	var runs []run
@@ -151,8 +203,12 @@ func TestCrashConsistency(t *testing.T) {
 		step := rn.step
 		t.Run(rn.op+"/"+step, func(t *testing.T) {
 			state := filepath.Join(work, fmt.Sprintf("s%d", i))
+			var full crashFull
+			if world != nil && rn.op == "destroy" {
+				full = crashFull{hostNS: world.Host.Path, nsDir: filepath.Join(work, fmt.Sprintf("ns%d", i))}
+			}
 			child := exec.Command(os.Args[0], "-test.run", "^TestCrashChild$", "-test.count=1")
-			child.Env = append(os.Environ(), envCrashStep+"="+step, envCrashState+"="+state, envCrashSim+"="+sim, envCrashOp+"="+rn.op)
+			child.Env = append(os.Environ(), envCrashStep+"="+step, envCrashState+"="+state, envCrashSim+"="+sim, envCrashOp+"="+rn.op, envCrashFull+"="+full.env())
 			out, err := child.CombinedOutput()
 			var ee *exec.ExitError
 			code := 0
@@ -167,7 +223,7 @@ func TestCrashConsistency(t *testing.T) {
 				t.Fatalf("child exit %d (%v), want %d\n%s", code, err, want, out)
 			}
 
-			rt := openCrashRuntime(t, state, sim)
+			rt := openCrashRuntime(t, state, sim, full)
 			defer rt.Close()
 			ctx := context.Background()
 			switch rn.op {
@@ -176,7 +232,7 @@ func TestCrashConsistency(t *testing.T) {
 			case "snapshot":
 				checkCrashedSnapshot(t, rt, state, step)
 			case "destroy":
-				checkCrashedDestroy(t, rt, step)
+				checkCrashedDestroy(t, rt, step, full)
 			}
 			if rn.op == "restore" {
 				// The source survived the crash, running, and its snapshot
@@ -201,9 +257,12 @@ func TestCrashConsistency(t *testing.T) {
 					}
 				}
 			}
+			if full.on() {
+				checkNoHostLeftovers(t, state, full)
+			}
 			deadline := time.Now().Add(5 * time.Second)
 			for {
-				left := simProcs(sim)
+				left := simProcs(sim, state)
 				if len(left) == 0 {
 					break
 				}
@@ -320,7 +379,7 @@ func checkCrashedSnapshot(t *testing.T, rt *Runtime, state, step string) {
 // checkCrashedDestroy: a destroy that crashed before marking the record
 // never happened (the VM runs and works); any later crash is finished by
 // reconcile.
-func checkCrashedDestroy(t *testing.T, rt *Runtime, step string) {
+func checkCrashedDestroy(t *testing.T, rt *Runtime, step string, full crashFull) {
 	t.Helper()
 	ctx := context.Background()
 	v, err := rt.Get(ctx, "v")
@@ -328,6 +387,21 @@ func checkCrashedDestroy(t *testing.T, rt *Runtime, step string) {
 	case "mark":
 		if err != nil || v.Status != StatusRunning {
 			t.Fatalf("VM after a crash before the destroy began: %+v %v", v, err)
+		}
+		if full.on() {
+			// It really holds what the other runs prove released.
+			var kinds []string
+			for _, r := range rt.vms["v"].view.Load().Resources {
+				kinds = append(kinds, r.Kind)
+			}
+			for _, k := range []string{resDir, resAlloc, resJail, resNetwork, resFirewall} {
+				if !slices.Contains(kinds, k) {
+					t.Fatalf("VM holds %v, no %s", kinds, k)
+				}
+			}
+			if ents, _ := os.ReadDir(full.nsDir); len(ents) != 1 {
+				t.Fatalf("VM network namespaces in %s: %v (report %+v)", full.nsDir, ents, rt.Reconciled())
+			}
 		}
 		if _, err := rt.Pause(ctx, "v"); err != nil {
 			t.Fatal(err)
@@ -375,13 +449,42 @@ func stepNames(steps []step) []string {
 	return out
 }
 
-// simProcs lists live processes running the simulator binary.
-func simProcs(bin string) []string {
+// checkNoHostLeftovers checks what a jailed, networked VM leaves on the
+// host once gone: no network namespace, no firewall chain, no jail, no
+// cgroup.
+func checkNoHostLeftovers(t *testing.T, state string, full crashFull) {
+	t.Helper()
+	if ents, _ := os.ReadDir(full.nsDir); len(ents) != 0 {
+		t.Fatalf("network namespaces left: %v", ents)
+	}
+	out, err := exec.Command("nsenter", "--net="+full.hostNS, "nft", "list", "chains").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft list chains: %v\n%s", err, out)
+	}
+	if strings.Contains(string(out), "chain vm-") {
+		t.Fatalf("firewall chains left:\n%s", out)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(state, "jail")); len(ents) != 0 {
+		t.Fatalf("jails left: %v", ents)
+	}
+	for _, ctrl := range []string{"pids", "cpu", "memory", "cpu,cpuacct"} {
+		ents, _ := os.ReadDir(filepath.Join("/sys/fs/cgroup", ctrl, crashCgroupParent))
+		for _, e := range ents {
+			if e.IsDir() {
+				t.Fatalf("cgroup left: %s/%s/%s", ctrl, crashCgroupParent, e.Name())
+			}
+		}
+	}
+}
+
+// simProcs lists live processes running the simulator binary, or a copy
+// of it inside a jail under the state dir.
+func simProcs(bin, state string) []string {
 	var out []string
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
-		if err != nil || exe != bin {
+		if err != nil || exe != bin && !strings.HasPrefix(exe, state+"/") {
 			continue
 		}
 		st, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))

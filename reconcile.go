@@ -183,9 +183,11 @@ func (r *Runtime) reclaim(owned map[string]bool) error {
 		}
 		r.report.Reclaimed = append(r.report.Reclaimed, "dir "+p)
 	}
-	// An allocation is owned when a record lists it among its resources
-	// (the owner string on the allocation is informational: renames do
-	// not rewrite it).
+	// An allocation is owned when a record lists it among its resources,
+	// or names an owned VM's key as its owner (keys survive renames).
+	// The network manager's slots are its own to reconcile below: a VM
+	// holds its slot through its attachment, and spare slots belong to
+	// the manager's pool.
 	held := map[string]bool{}
 	for _, e := range r.vms {
 		for _, res := range e.rec.Resources {
@@ -203,8 +205,11 @@ func (r *Runtime) reclaim(owned map[string]bool) error {
 		if err != nil {
 			return newErr(KindStatePoisoned, op, "", err)
 		}
-		for v := range allocs {
-			if held[pool+"/"+strconv.FormatUint(v, 10)] {
+		if r.net != nil && pool == r.net.Pool() {
+			continue
+		}
+		for v, owner := range allocs {
+			if held[pool+"/"+strconv.FormatUint(v, 10)] || owned[owner] {
 				continue
 			}
 			if err := r.st.Release(pool, v); err != nil {
