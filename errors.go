@@ -240,7 +240,8 @@ func newErr(kind Kind, op, vm string, cause error) *Error {
 
 // invalidArg reports bad input before any side effect.
 func invalidArg(op, vm, format string, args ...any) *Error {
-	return &Error{Kind: KindInvalidArgument, Op: op, VM: vm, Err: fmt.Errorf(format, args...)}
+	// vm may be the rejected id itself, of any length: clip it.
+	return &Error{Kind: KindInvalidArgument, Op: op, VM: clip(vm), Err: fmt.Errorf(format, args...)}
 }
 
 // asHearth keeps an error that already is an *Error (so its kind survives

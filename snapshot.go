@@ -36,7 +36,7 @@ const (
 func (r *Runtime) Snapshot(ctx context.Context, id, name string) (SnapshotView, error) {
 	const op = "snapshot"
 	if err := ValidateSnapshotName(name); err != nil {
-		return SnapshotView{}, &Error{Kind: KindInvalidArgument, Op: op, VM: id, Snapshot: name, Err: err}
+		return SnapshotView{}, &Error{Kind: KindInvalidArgument, Op: op, VM: clip(id), Snapshot: clip(name), Err: err}
 	}
 	e, err := r.lockVM(op, id)
 	if err != nil {
@@ -271,7 +271,7 @@ func (r *Runtime) GetSnapshot(ctx context.Context, name string) (SnapshotView, e
 
 func (r *Runtime) snapshotRecord(op, name string) (store.Snapshot, error) {
 	if err := ValidateSnapshotName(name); err != nil {
-		return store.Snapshot{}, &Error{Kind: KindInvalidArgument, Op: op, Snapshot: name, Err: err}
+		return store.Snapshot{}, &Error{Kind: KindInvalidArgument, Op: op, Snapshot: clip(name), Err: err}
 	}
 	rec, err := r.st.GetSnapshot(name)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && !rec.Complete) {
@@ -305,7 +305,7 @@ func (r *Runtime) DeleteSnapshot(ctx context.Context, name string) error {
 func (r *Runtime) Restore(ctx context.Context, rs RestoreSpec) (View, error) {
 	const op = "restore"
 	if err := rs.validate(); err != nil {
-		return View{}, &Error{Kind: KindInvalidArgument, Op: op, VM: rs.VM, Snapshot: rs.Snapshot, Err: err}
+		return View{}, &Error{Kind: KindInvalidArgument, Op: op, VM: clip(rs.VM), Snapshot: clip(rs.Snapshot), Err: err}
 	}
 	snap, err := r.snapshotRecord(op, rs.Snapshot)
 	if err != nil {

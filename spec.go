@@ -143,9 +143,20 @@ func ValidateSnapshotName(name string) error {
 
 func validateName(what, s string) error {
 	if !nameRE.MatchString(s) || strings.Contains(s, "..") {
-		return fmt.Errorf("%s %q is invalid: want 1-63 characters of [a-zA-Z0-9_.-] starting with a letter or digit, without \"..\"", what, s)
+		return fmt.Errorf("%s %q is invalid: want 1-63 characters of [a-zA-Z0-9_.-] starting with a letter or digit, without \"..\"", what, clip(s))
 	}
 	return nil
+}
+
+// clip shortens a rejected value quoted in an error: a request may carry a
+// megabyte in a name field, and the error (echoed in the API's answer and
+// the daemon's log) should not.
+func clip(s string) string {
+	const max = 80
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "…"
 }
 
 var driveIDRE = regexp.MustCompile(`^[a-zA-Z0-9_]{1,32}$`)
@@ -154,6 +165,16 @@ var driveIDRE = regexp.MustCompile(`^[a-zA-Z0-9_]{1,32}$`)
 const (
 	MaxVCPUs     = 32
 	MinMemoryMiB = 16
+)
+
+// Limits on a Spec's free-form fields.
+const (
+	// MaxBootArgs leaves room, within the x86 kernel's 2048-byte command
+	// line, for the arguments hearth adds (agent token, guest address); a
+	// longer line would be cut by the kernel and lose them.
+	MaxBootArgs = 1536
+	// MaxLabels bounds the labels of one VM.
+	MaxLabels = 64
 )
 
 // withDefaults fills zero fields of s from d.
@@ -217,23 +238,26 @@ func (s Spec) validate() error {
 	}
 	for _, p := range []struct{ name, v string }{{"kernel", s.Kernel}, {"initrd", s.Initrd}, {"rootfs", s.Rootfs}} {
 		if p.v != "" && !filepath.IsAbs(p.v) {
-			add("%s must be an absolute path, got %q", p.name, p.v)
+			add("%s must be an absolute path, got %q", p.name, clip(p.v))
 		}
 	}
 	if strings.ContainsAny(s.BootArgs, "\n\x00") {
 		add("boot_args must not contain newlines or NUL")
 	}
+	if len(s.BootArgs) > MaxBootArgs {
+		add("boot_args is %d bytes, at most %d are allowed", len(s.BootArgs), MaxBootArgs)
+	}
 	seen := map[string]bool{"rootfs": true}
 	for i, d := range s.Drives {
 		switch {
 		case !driveIDRE.MatchString(d.ID):
-			add("drives[%d].id %q must be 1-32 characters of [a-zA-Z0-9_]", i, d.ID)
+			add("drives[%d].id %q must be 1-32 characters of [a-zA-Z0-9_]", i, clip(d.ID))
 		case seen[d.ID]:
 			add("drives[%d].id %q is reserved or duplicated", i, d.ID)
 		}
 		seen[d.ID] = true
 		if !filepath.IsAbs(d.Path) {
-			add("drives[%d].path must be an absolute path, got %q", i, d.Path)
+			add("drives[%d].path must be an absolute path, got %q", i, clip(d.Path))
 		}
 		if err := d.RateLimit.validate(); err != nil {
 			add("drives[%d].rate_limit: %v", i, err)
@@ -255,9 +279,14 @@ func (s Spec) validate() error {
 			add("jail limits must not be negative")
 		}
 	}
+	if len(s.Labels) > MaxLabels {
+		add("%d labels, at most %d are allowed", len(s.Labels), MaxLabels)
+	}
 	for k, v := range s.Labels {
-		if k == "" || len(k) > 63 || len(v) > 256 || strings.ContainsAny(k+v, "\n\x00") {
-			add("label %q is invalid: keys 1-63 bytes, values up to 256, no newlines", k)
+		// A key with "=" could not be named in the API's ?label=k=v
+		// filter.
+		if k == "" || len(k) > 63 || len(v) > 256 || strings.ContainsAny(k+v, "\n\x00") || strings.Contains(k, "=") {
+			add("label %q is invalid: keys 1-63 bytes without \"=\", values up to 256, no newlines", clip(k))
 		}
 	}
 	if len(errs) > 0 {
@@ -286,7 +315,7 @@ var imageRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 // ValidateImageName checks a catalog image name.
 func ValidateImageName(name string) error {
 	if !imageRE.MatchString(name) || strings.Contains(name, "..") {
-		return fmt.Errorf("image name %q is invalid: want [a-z0-9][a-z0-9._-]*, at most 63 characters, without \"..\"", name)
+		return fmt.Errorf("image name %q is invalid: want [a-z0-9][a-z0-9._-]*, at most 63 characters, without \"..\"", clip(name))
 	}
 	return nil
 }
@@ -301,7 +330,7 @@ func (r *RestoreSpec) validate() error {
 	switch r.MemoryBackend {
 	case "", "file", "uffd":
 	default:
-		return fmt.Errorf("memory_backend must be \"file\" or \"uffd\", got %q", r.MemoryBackend)
+		return fmt.Errorf("memory_backend must be \"file\" or \"uffd\", got %q", clip(r.MemoryBackend))
 	}
 	if r.Prefetch && r.MemoryBackend != "uffd" {
 		return fmt.Errorf("prefetch needs memory_backend \"uffd\"")

@@ -90,7 +90,7 @@ func (c *Client) Start(ctx context.Context, cmd *Cmd) (*Process, error) {
 	if cmd.Timeout > 0 && req.TimeoutMS == 0 {
 		req.TimeoutMS = 1
 	}
-	if err := ValidateEnv(cmd.Env); err != nil {
+	if err := ValidateExec(&req); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	body, err := json.Marshal(req)

@@ -64,6 +64,39 @@ func ValidateEnv(env map[string]string) error {
 	return nil
 }
 
+// ValidateExec checks an exec request as the agent will: both ends call
+// it, so the host refuses early (and the daemon answers 400) what the
+// agent would refuse.
+func ValidateExec(req *ExecRequest) error {
+	if len(req.Args) == 0 {
+		return errors.New("exec needs args")
+	}
+	if len(req.Args) > MaxArgs {
+		return fmt.Errorf("exec has more than %d args", MaxArgs)
+	}
+	for _, a := range req.Args {
+		if strings.IndexByte(a, 0) >= 0 {
+			return errors.New("exec args contain NUL")
+		}
+	}
+	if req.Args[0] == "" {
+		return errors.New("exec args[0] is empty")
+	}
+	if err := ValidateEnv(req.Env); err != nil {
+		return err
+	}
+	if len(req.Dir) > MaxPath {
+		return fmt.Errorf("exec dir longer than %d bytes", MaxPath)
+	}
+	if req.Dir != "" && (!path.IsAbs(req.Dir) || strings.IndexByte(req.Dir, 0) >= 0) {
+		return fmt.Errorf("exec dir %q is not an absolute path", req.Dir)
+	}
+	if req.TimeoutMS < 0 {
+		return errors.New("exec timeout_ms is negative")
+	}
+	return nil
+}
+
 // ValidateSecretName checks a secret name like the seed did:
 // [A-Za-z0-9_-]+ (so no dots, slashes, spaces or "..").
 func ValidateSecretName(n string) error {

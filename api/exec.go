@@ -4,7 +4,6 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -45,6 +44,11 @@ const (
 // MaxFrame bounds one frame's payload.
 const MaxFrame = 1 << 20
 
+// MaxExecTimeoutMs is the largest timeout_ms an exec takes: about 106
+// days, well inside what a time.Duration holds (a larger value used to
+// overflow into a negative timeout).
+const MaxExecTimeoutMs = 1 << 43
+
 // frameWriter writes one stream's output as frames; writes from stdout
 // and stderr are serialised.
 type frameWriter struct {
@@ -83,7 +87,8 @@ func writeFrame(w io.Writer, stream byte, payload []byte) error {
 	return err
 }
 
-// ReadFrame reads one exec frame.
+// ReadFrame reads one exec frame. A clean end of the stream between
+// frames is io.EOF; an end inside a frame wraps io.ErrUnexpectedEOF.
 func ReadFrame(r io.Reader) (stream byte, payload []byte, err error) {
 	var hdr [5]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
@@ -95,6 +100,11 @@ func ReadFrame(r io.Reader) (stream byte, payload []byte, err error) {
 	}
 	payload = make([]byte, n)
 	if _, err := io.ReadFull(r, payload); err != nil {
+		// A header without its payload is a truncated frame, not the
+		// clean end io.EOF would announce (found by FuzzExecFraming).
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
 		return 0, nil, fmt.Errorf("truncated exec frame: %w", err)
 	}
 	return hdr[0], payload, nil
@@ -107,8 +117,15 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, 0)
 		return
 	}
-	if len(req.Args) == 0 || req.TimeoutMs < 0 {
-		writeError(w, &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "exec", VM: id, Err: errors.New("args must not be empty and timeout_ms not negative")}, 0)
+	if len(req.Args) == 0 || req.TimeoutMs < 0 || req.TimeoutMs > MaxExecTimeoutMs {
+		writeError(w, &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "exec", VM: id, Err: fmt.Errorf("args must not be empty and timeout_ms must be 0 to %d", int64(MaxExecTimeoutMs))}, 0)
+		return
+	}
+	// Everything the agent would refuse is refused here, before the
+	// response starts: after the 200 a refusal could only show as a
+	// stream without an exit frame.
+	if err := agent.ValidateExec(&agent.ExecRequest{Args: req.Args, Env: req.Env, Dir: req.Dir, TimeoutMS: req.TimeoutMs}); err != nil {
+		writeError(w, &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "exec", VM: id, Err: err}, 0)
 		return
 	}
 	cmd := &agent.Cmd{Args: req.Args, Env: req.Env, Dir: req.Dir, Timeout: time.Duration(req.TimeoutMs) * time.Millisecond}

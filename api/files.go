@@ -26,11 +26,26 @@ func fileErr(op, id string, err error) error {
 	return &hearth.Error{Kind: hearth.KindGuestMetadata, Op: op, VM: id, Err: err}
 }
 
+// checkGuestPath refuses a guest path the agent would refuse (relative,
+// "..", NUL, too long) before the VM's agent is reached. The path is
+// only ever interpreted by the agent inside the guest: the daemon never
+// resolves it on the host.
+func checkGuestPath(op, id, path string) error {
+	if _, _, err := agent.CleanPath(path); err != nil {
+		return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: op, VM: id, Err: err}
+	}
+	return nil
+}
+
 // putFile writes the request body to ?path= in the VM (?perm=0644 octal,
 // ?parents=1 creates missing directories) and answers the file's info,
 // whose SHA-256 the agent computed.
 func (s *Server) putFile(w http.ResponseWriter, r *http.Request) {
 	id, path := r.PathValue("id"), r.URL.Query().Get("path")
+	if err := checkGuestPath("put-file", id, path); err != nil {
+		writeError(w, err, 0)
+		return
+	}
 	opts := &agent.WriteOptions{Perm: 0o644, Parents: r.URL.Query().Get("parents") == "1", Size: r.ContentLength}
 	if p := r.URL.Query().Get("perm"); p != "" {
 		v, err := strconv.ParseUint(p, 8, 32)
@@ -60,6 +75,10 @@ func (s *Server) putFile(w http.ResponseWriter, r *http.Request) {
 // getFile streams the file at ?path= out of the VM.
 func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
 	id, path := r.PathValue("id"), r.URL.Query().Get("path")
+	if err := checkGuestPath("get-file", id, path); err != nil {
+		writeError(w, err, 0)
+		return
+	}
 	c, err := s.rt.Agent(r.Context(), id)
 	if err != nil {
 		writeError(w, err, 0)

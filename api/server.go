@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"strconv"
 	"strings"
@@ -181,7 +182,33 @@ func NewServer(rt Runtime, o Options) *Server {
 func (s *Server) handle(pattern string, h http.HandlerFunc) {
 	method, path, _ := strings.Cut(pattern, " ")
 	s.routes = append(s.routes, Route{Method: method, Path: path})
-	s.mux.HandleFunc(pattern, h)
+	s.mux.HandleFunc(pattern, checkPathNames(path, h))
+}
+
+// checkPathNames refuses a request whose {id} or {name} path segment is
+// not a valid VM id or snapshot name with 400 before h runs. A runtime
+// would only answer "not found" for them, but an id like "../x" (sent as
+// "..%2Fx") or a megabyte of text is bad input, and is reported as such
+// before anything is looked up.
+func checkPathNames(pattern string, h http.HandlerFunc) http.HandlerFunc {
+	hasID, hasName := strings.Contains(pattern, "{id}"), strings.Contains(pattern, "{name}")
+	if !hasID && !hasName {
+		return h
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		var err error
+		if hasID {
+			err = hearth.ValidateID(r.PathValue("id"))
+		}
+		if hasName && err == nil {
+			err = hearth.ValidateSnapshotName(r.PathValue("name"))
+		}
+		if err != nil {
+			writeError(w, &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "path", Err: err}, 0)
+			return
+		}
+		h(w, r)
+	}
 }
 
 // Routes lists every route, for the OpenAPI consistency test.
@@ -191,8 +218,52 @@ func (s *Server) Routes() []Route { return append([]Route(nil), s.routes...) }
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	t0 := time.Now()
 	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-	s.mux.ServeHTTP(sw, r)
+	if _, pattern := s.mux.Handler(r); pattern == "" {
+		s.noRoute(sw, r)
+	} else {
+		s.mux.ServeHTTP(sw, r)
+	}
 	s.log.Debug("api", "method", r.Method, "path", r.URL.Path, "status", sw.status, "took", time.Since(t0))
+}
+
+// noRoute answers a request no route matches as the mux would (404, or
+// 405 with Allow), but with an error envelope like every other error, so
+// that clients decode it instead of failing on "404 page not found".
+func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
+	cw := &captureWriter{header: http.Header{}, status: http.StatusOK}
+	s.mux.ServeHTTP(cw, r)
+	if cw.status < 400 {
+		// Not expected from a pattern-less match, but pass it on as is.
+		maps.Copy(w.Header(), cw.header)
+		w.WriteHeader(cw.status)
+		w.Write(cw.body.Bytes())
+		return
+	}
+	if allow := cw.header.Get("Allow"); allow != "" {
+		w.Header().Set("Allow", allow)
+	}
+	path := r.URL.Path
+	if len(path) > 200 {
+		path = path[:200] + "…"
+	}
+	writeError(w, &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "route",
+		Err: fmt.Errorf("%s %q: %s", r.Method, path, strings.ToLower(http.StatusText(cw.status)))}, cw.status)
+}
+
+// captureWriter holds a small response in memory.
+type captureWriter struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (c *captureWriter) Header() http.Header  { return c.header }
+func (c *captureWriter) WriteHeader(code int) { c.status = code }
+func (c *captureWriter) Write(p []byte) (int, error) {
+	if c.body.Len() < 4096 {
+		c.body.Write(p[:min(len(p), 4096)])
+	}
+	return len(p), nil
 }
 
 type statusWriter struct {

@@ -244,12 +244,20 @@ type Policy struct {
 	AllowVMs      bool `json:"allow_vms,omitempty"`
 }
 
-// MaxRules bounds a policy's allow list.
+// MaxRules bounds a policy's allow list (and its DNS list).
 const MaxRules = 1024
 
 // ParsePolicy builds a policy from rule strings; errors name the index.
 func ParsePolicy(rules []string, dns ...string) (Policy, error) {
 	var p Policy
+	// Refuse an oversized list before parsing (and allocating) any of it;
+	// Validate would refuse it anyway, but only after the work.
+	if len(rules) > MaxRules {
+		return Policy{}, fieldErr("allow", strconv.Itoa(len(rules)), fmt.Errorf("more than %d rules", MaxRules))
+	}
+	if len(dns) > MaxRules {
+		return Policy{}, fieldErr("dns", strconv.Itoa(len(dns)), fmt.Errorf("more than %d resolvers", MaxRules))
+	}
 	for i, s := range rules {
 		r, err := parseRule(s, fmt.Sprintf("allow[%d]", i))
 		if err != nil {
@@ -272,6 +280,9 @@ func ParsePolicy(rules []string, dns ...string) (Policy, error) {
 func (p Policy) Validate() error {
 	if len(p.Allow) > MaxRules {
 		return fieldErr("allow", strconv.Itoa(len(p.Allow)), fmt.Errorf("more than %d rules", MaxRules))
+	}
+	if len(p.DNS) > MaxRules {
+		return fieldErr("dns", strconv.Itoa(len(p.DNS)), fmt.Errorf("more than %d resolvers", MaxRules))
 	}
 	for i, r := range p.Allow {
 		if err := r.validate(fmt.Sprintf("allow[%d]", i)); err != nil {

@@ -89,6 +89,15 @@ func TestPolicyValidation(t *testing.T) {
 		{Allow: []Rule{{Proto: ICMP, Net: netip.MustParsePrefix("10.0.0.0/8"), Ports: PortRange{1, 1}}}},
 		{DNS: []netip.Addr{netip.MustParseAddr("0.0.0.0")}},
 		{Allow: make([]Rule, MaxRules+1)},
+		{DNS: make([]netip.Addr, MaxRules+1)},
+	}
+	// Oversized lists are refused before any element is parsed.
+	many := make([]string, MaxRules+1)
+	if _, err := ParsePolicy(many); !errors.As(err, &e) || e.Field != "allow" {
+		t.Fatalf("%d rules: got %v, want field allow", len(many), err)
+	}
+	if _, err := ParsePolicy(nil, many...); !errors.As(err, &e) || e.Field != "dns" {
+		t.Fatalf("%d resolvers: got %v, want field dns", len(many), err)
 	}
 	for i, p := range bad {
 		if err := p.Validate(); !errors.Is(err, ErrInvalidArgument) {
@@ -256,6 +265,9 @@ func FuzzParseRule(f *testing.F) {
 				t.Fatalf("%q: error %v is not a field-naming InvalidArgument", s, err)
 			}
 			return
+		}
+		if len(s) > MaxRuleLen {
+			t.Fatalf("accepted a rule of %d bytes (limit %d)", len(s), MaxRuleLen)
 		}
 		if err := r.validate(""); err != nil {
 			t.Fatalf("%q parsed into invalid rule %v: %v", s, r, err)

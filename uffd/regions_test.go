@@ -4,6 +4,7 @@ package uffd
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -120,8 +121,15 @@ func FuzzParseRegions(f *testing.F) {
 			}
 			return
 		}
-		if len(rs) == 0 {
-			t.Fatal("accepted an empty list")
+		if len(rs) == 0 || len(rs) > maxRegions {
+			t.Fatalf("accepted a list of %d regions", len(rs))
+		}
+		// What was accepted is a fixed point: validating it again (as the
+		// server does after a daemon restart hands it the same list)
+		// accepts it unchanged.
+		again, err := ValidateRegions(rs, file)
+		if err != nil || !slices.Equal(again, rs) {
+			t.Fatalf("accepted regions do not re-validate: %v", err)
 		}
 		for i, r := range rs {
 			if !supportedPageSize(r.PageSize) || r.Size == 0 || r.BaseHostVirtAddr%r.PageSize != 0 ||

@@ -97,7 +97,7 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 	if !decodeBody(w, r, 4<<20, &req) {
 		return
 	}
-	if err := validateExec(&req); err != nil {
+	if err := agent.ValidateExec(&req); err != nil {
 		badRequest(w, err)
 		return
 	}
@@ -117,33 +117,6 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 	es.conn, es.br = conn, brw.Reader
 	s.log.Debug("agent: exec started", "id", es.proc.id, "process", es.proc.pid, "args", req.Args)
 	es.run(r.Context().Value(connKey{}))
-}
-
-func validateExec(req *agent.ExecRequest) error {
-	if len(req.Args) == 0 {
-		return errors.New("exec needs args")
-	}
-	if len(req.Args) > agent.MaxArgs {
-		return fmt.Errorf("exec has more than %d args", agent.MaxArgs)
-	}
-	for _, a := range req.Args {
-		if strings.IndexByte(a, 0) >= 0 {
-			return errors.New("exec args contain NUL")
-		}
-	}
-	if req.Args[0] == "" {
-		return errors.New("exec args[0] is empty")
-	}
-	if err := agent.ValidateEnv(req.Env); err != nil {
-		return err
-	}
-	if req.Dir != "" && (!filepath.IsAbs(req.Dir) || strings.IndexByte(req.Dir, 0) >= 0) {
-		return fmt.Errorf("exec dir %q is not an absolute path", req.Dir)
-	}
-	if req.TimeoutMS < 0 {
-		return errors.New("exec timeout_ms is negative")
-	}
-	return nil
 }
 
 // environ merges base, the store and the request (later wins).

@@ -357,7 +357,8 @@ func (c *Client) Exec(ctx context.Context, id string, req api.ExecRequest, stdou
 		case api.FrameExit:
 			var st agent.ExitStatus
 			if err := json.Unmarshal(payload, &st); err != nil {
-				return nil, fmt.Errorf("decode exit status: %w", err)
+				// Typed like a lost stream: the status is unknown either way.
+				return nil, &hearth.Error{Kind: hearth.KindGuestMetadata, Op: "exec", VM: id, Err: fmt.Errorf("decode exit status: %w", err)}
 			}
 			return &st, nil
 		}
