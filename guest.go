@@ -47,26 +47,68 @@ func (r *Runtime) agentDialer(key, backend string) agent.Dialer {
 	return &vsock.HybridDialer{Path: path, Port: agent.DefaultPort, Logger: r.log}
 }
 
+// agentHelloPatience is how long a QEMU VM's agent client retries its
+// hello: QEMU accepts the connection at once, so the first hello waits
+// out the guest's boot, which under TCG on a loaded host takes tens of
+// seconds. The caller's context still bounds every call.
+const agentHelloPatience = 2 * time.Minute
+
+// agentBootGrace is how long after a QEMU guest's boot its agent may
+// take to answer before Config.AgentTimeout applies: under TCG on a
+// loaded host the Debian kernel needs tens of seconds to reach the agent,
+// and a booting guest is not a frozen one.
+const agentBootGrace = 2 * time.Minute
+
+// agentWait is how long an exec in e waits for the agent to start the
+// command: Config.AgentTimeout, or what is left of a booting QEMU
+// guest's grace if that is longer.
+func (r *Runtime) agentWait(e *vmEntry) time.Duration {
+	d := r.cfg.AgentTimeout
+	if rec := e.view.Load(); rec != nil && rec.Backend == "qemu" {
+		if b := e.booted.Load(); b != 0 {
+			if left := agentBootGrace - time.Since(time.Unix(0, b)); left > d {
+				d = left
+			}
+		}
+	}
+	return d
+}
+
+// agentOptions are the agent client's options for a VM of backend.
+func (r *Runtime) agentOptions(backend string) []agent.Option {
+	opts := []agent.Option{agent.WithLogger(r.log), agent.WithCallTimeout(r.cfg.AgentTimeout)}
+	if backend == "qemu" {
+		opts = append(opts, agent.WithHelloPatience(agentHelloPatience))
+	}
+	return opts
+}
+
 // Agent returns a client for the VM's guest agent. The client is shared
 // by all callers, reconnects by itself (a snapshot or a restart resets the
 // channel) and must not be closed by them.
 func (r *Runtime) Agent(ctx context.Context, id string) (*agent.Client, error) {
+	c, _, err := r.agentOf(id)
+	return c, err
+}
+
+// agentOf is Agent, with the VM's entry.
+func (r *Runtime) agentOf(id string) (*agent.Client, *vmEntry, error) {
 	const op = "agent"
 	r.mu.Lock()
 	e := r.vms[id]
 	r.mu.Unlock()
 	if e == nil {
-		return nil, newErr(KindVMNotFound, op, id, nil)
+		return nil, nil, newErr(KindVMNotFound, op, id, nil)
 	}
 	rec := e.view.Load()
 	if rec == nil || rec.ID != id {
-		return nil, newErr(KindVMNotFound, op, id, nil)
+		return nil, nil, newErr(KindVMNotFound, op, id, nil)
 	}
 	if rec.AgentToken == "" {
-		return nil, newErr(KindGuestMetadata, op, id, errors.New("the VM has no agent (create it with agent enabled)"))
+		return nil, nil, newErr(KindGuestMetadata, op, id, errors.New("the VM has no agent (create it with agent enabled)"))
 	}
 	if Status(rec.Status) != StatusRunning {
-		return nil, &Error{Kind: KindInvalidTransition, Op: op, VM: id, From: rec.Status, To: "agent"}
+		return nil, nil, &Error{Kind: KindInvalidTransition, Op: op, VM: id, From: rec.Status, To: "agent"}
 	}
 	e.agentMu.Lock()
 	defer e.agentMu.Unlock()
@@ -74,10 +116,10 @@ func (r *Runtime) Agent(ctx context.Context, id string) (*agent.Client, error) {
 		if e.agent != nil {
 			e.agent.Close()
 		}
-		e.agent = agent.New(r.agentDialer(rec.Key, rec.Backend), rec.AgentToken, agent.WithLogger(r.log), agent.WithCallTimeout(r.cfg.AgentTimeout))
+		e.agent = agent.New(r.agentDialer(rec.Key, rec.Backend), rec.AgentToken, r.agentOptions(rec.Backend)...)
 		e.agentToken = rec.AgentToken
 	}
-	return e.agent, nil
+	return e.agent, e, nil
 }
 
 // Exec runs a command in the VM through its agent and returns its exit
@@ -87,7 +129,7 @@ func (r *Runtime) Agent(ctx context.Context, id string) (*agent.Client, error) {
 // does.
 func (r *Runtime) Exec(ctx context.Context, id string, cmd *agent.Cmd) (*agent.ExitStatus, error) {
 	const op = "exec"
-	c, err := r.Agent(ctx, id)
+	c, e, err := r.agentOf(id)
 	if err != nil {
 		return nil, err
 	}
@@ -96,7 +138,8 @@ func (r *Runtime) Exec(ctx context.Context, id string, cmd *agent.Cmd) (*agent.E
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var late atomic.Bool
-	watchdog := time.AfterFunc(r.cfg.AgentTimeout, func() {
+	wait := r.agentWait(e)
+	watchdog := time.AfterFunc(wait, func() {
 		late.Store(true)
 		cancel()
 	})
@@ -104,7 +147,7 @@ func (r *Runtime) Exec(ctx context.Context, id string, cmd *agent.Cmd) (*agent.E
 	watchdog.Stop()
 	if err != nil {
 		if late.Load() && ctx.Err() == nil {
-			return nil, newErr(KindTimeout, op, id, fmt.Errorf("the guest agent did not start the command within %v: %w", r.cfg.AgentTimeout, err))
+			return nil, newErr(KindTimeout, op, id, fmt.Errorf("the guest agent did not start the command within %v: %w", wait.Round(time.Millisecond), err))
 		}
 		return nil, agentErr(op, id, err)
 	}
@@ -131,15 +174,26 @@ func (r *Runtime) rotateAgent(ctx context.Context, op string, e *vmEntry, oldTok
 	ctx, cancel := context.WithTimeout(ctx, AgentReadyTimeout)
 	defer cancel()
 	fresh := newToken()
-	// The restored guest still runs the session it had with its source's
-	// host; over a single-stream channel (virtio-serial) that session may
-	// swallow the first hello before the agent notices and starts afresh,
-	// so a failed attempt is retried on a new connection until the
-	// deadline.
+	// The restored guest resumes inside the session it had with its
+	// source's host; the agent ends that session when it sees our hello
+	// (or the port's host change), see agent/server. A failed attempt
+	// (a hello lost all the same, a slow guest) is retried on a new
+	// connection until the deadline.
 	var err error
 	for {
 		c := agent.New(r.agentDialer(e.rec.Key, e.rec.Backend), oldToken, agent.WithLogger(r.log), agent.WithHelloTimeout(2*time.Second))
 		err = c.AfterRestore(ctx, fresh)
+		if err == nil {
+			// The snapshot carries its source's hostname; the clone
+			// takes its own id, as a booted VM does (hearth.hostname=).
+			// Not fatal: ids may hold characters hostnames cannot, and
+			// an older agent has no such call.
+			if herr := agent.ValidateHostname(e.rec.ID); herr == nil {
+				if herr = c.SetHostname(ctx, e.rec.ID); herr != nil {
+					r.log.Warn("restored VM keeps its source's hostname", "vm", e.rec.ID, "err", herr)
+				}
+			}
+		}
 		c.Close()
 		if err == nil || ctx.Err() != nil || errors.Is(err, agent.ErrUnauthorized) {
 			break

@@ -58,6 +58,7 @@ func (r *Runtime) Start(ctx context.Context, id string) (View, error) {
 	if err := e.machine.Start(ctx); err != nil {
 		return View{}, vmmErr(op, id, KindUnsupported, err)
 	}
+	e.booted.Store(time.Now().UnixNano())
 	e.rec.Status, e.rec.Exit = string(to), ""
 	if err := r.save(op, e); err != nil {
 		return View{}, err

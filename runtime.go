@@ -53,7 +53,9 @@ type Config struct {
 	// AgentTimeout bounds each guest-agent call until the agent answers
 	// (an exec until its command has started; the command itself runs as
 	// long as it runs), so that a frozen guest fails calls with a
-	// KindTimeout error instead of hanging them (default 15 s).
+	// KindTimeout error instead of hanging them (default 15 s). A QEMU
+	// guest that is still booting gets up to two minutes from its boot
+	// for an exec: a TCG boot on a loaded host is slow, not frozen.
 	AgentTimeout time.Duration
 	// ObserveStep, when set, receives the duration of every create and
 	// restore pipeline step (reserve, dir, allocate, rootfs, launch,
@@ -162,6 +164,9 @@ type vmEntry struct {
 	machine vmm.Machine
 	gone    bool
 	view    atomic.Pointer[store.VM]
+	// booted is when the guest last booted (unix ns; 0: not by this
+	// runtime), for the grace a booting guest's agent gets.
+	booted atomic.Int64
 	// fcMetrics mirrors the machine's Firecracker counters for readers
 	// that must not take mu.
 	fcMetrics atomic.Pointer[metrics.FirecrackerAccumulator]

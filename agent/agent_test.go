@@ -272,6 +272,14 @@ func TestPowerClockEntropy(t *testing.T) {
 	if _, err := e.client.AddEntropy(ctx, make([]byte, agent.MaxEntropy+1)); !errors.Is(err, agent.ErrInvalid) {
 		t.Errorf("oversized entropy: %v", err)
 	}
+	if err := e.client.SetHostname(ctx, "clone-1.example"); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"", "-x", "a..b", "a_b", strings.Repeat("a", 65)} {
+		if err := e.client.SetHostname(ctx, bad); !errors.Is(err, agent.ErrInvalid) {
+			t.Errorf("hostname %q: %v", bad, err)
+		}
+	}
 	if err := e.client.Reboot(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -283,6 +291,9 @@ func TestPowerClockEntropy(t *testing.T) {
 	defer e.sys.mu.Unlock()
 	if len(e.sys.clock) != 1 || !e.sys.clock[0].Equal(time.Unix(0, target.UnixNano())) {
 		t.Errorf("clock calls %v", e.sys.clock)
+	}
+	if !slices.Equal(e.sys.hostnames, []string{"clone-1.example"}) {
+		t.Errorf("hostname calls %v", e.sys.hostnames)
 	}
 	if p := e.sys.power; !slices.Contains(p, agent.Reboot) || !slices.Contains(p, agent.PowerOff) {
 		t.Errorf("power calls %v", p)

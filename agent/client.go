@@ -27,11 +27,12 @@ type Dialer interface {
 type Option func(*options)
 
 type options struct {
-	log          *slog.Logger
-	helloTimeout time.Duration
-	keepAlive    time.Duration
-	window       uint32
-	callTimeout  time.Duration
+	log           *slog.Logger
+	helloTimeout  time.Duration
+	helloPatience time.Duration
+	keepAlive     time.Duration
+	window        uint32
+	callTimeout   time.Duration
 }
 
 // WithLogger sets the client's logger (default: discard).
@@ -40,6 +41,13 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 // WithHelloTimeout bounds the hello exchange after the transport
 // connected (default 5 s).
 func WithHelloTimeout(d time.Duration) Option { return func(o *options) { o.helloTimeout = d } }
+
+// WithHelloPatience lets the client retry a hello that timed out, on a
+// new connection each time, for up to d after its first dial (default:
+// three attempts). Over virtio-serial the host's connection is accepted
+// before the guest is up, so a hello waits out the guest's boot; retries
+// recover a hello the guest lost.
+func WithHelloPatience(d time.Duration) Option { return func(o *options) { o.helloPatience = d } }
 
 // WithKeepAlive sets the yamux keep-alive interval (default 15 s; 0
 // disables). A session whose pings go unanswered is closed, and the next
@@ -246,11 +254,12 @@ func (c *Client) connect(ctx context.Context) (*yamux.Session, error) {
 	start := time.Now()
 	var conn net.Conn
 	var bc net.Conn
-	// A single-stream channel (QEMU's virtio-serial) can swallow a hello
-	// while the guest still runs the session of a host that went away
-	// (a restarted runtime, a restored clone); the agent starts afresh
-	// once that session fails, so a hello that timed out is tried again
-	// on a new connection while ctx allows.
+	// Over a single-stream channel (QEMU's virtio-serial) a hello can be
+	// lost: a host that died in the middle of a frame leaves a frame
+	// whose body swallows the next hello if the guest did not see it
+	// leave (see agent/server). So a hello that timed out is tried again
+	// on a new connection: three attempts, or for the client's hello
+	// patience, while ctx allows.
 	for attempt := 1; ; attempt++ {
 		var err error
 		conn, err = c.dialer.DialContext(ctx)
@@ -259,13 +268,15 @@ func (c *Client) connect(ctx context.Context) (*yamux.Session, error) {
 		}
 		hctx, cancel := context.WithTimeout(ctx, c.opts.helloTimeout)
 		bc, err = ClientHandshake(hctx, conn)
-		timedOut := hctx.Err() != nil && ctx.Err() == nil
+		// The connection's deadline is hctx's and may fire a moment
+		// before hctx reports it; ClientHandshake attributes that.
+		timedOut := ctx.Err() == nil && (hctx.Err() != nil || errors.Is(err, context.DeadlineExceeded))
 		cancel()
 		if err == nil {
 			break
 		}
 		conn.Close()
-		if !timedOut || attempt >= 3 {
+		if !timedOut || (attempt >= 3 && time.Since(start) >= c.opts.helloPatience) {
 			return nil, fmt.Errorf("connect: %w", err)
 		}
 		c.opts.log.Debug("agent: hello timed out; retrying on a new connection", "attempt", attempt)

@@ -35,6 +35,11 @@
 // end of a chardev cannot tell when the guest side was reset. The nonce
 // ties the answer to this hello. An agent that does not speak the
 // requested version answers "HEARTH-AGENT/1 UNSUPPORTED <nonce>\n".
+// The hello starts with 'H', which no yamux header does: on a
+// virtio-serial port a hello that arrives where the guest expects the
+// next frame of a departed host's session ends that session (agent/server
+// serial.go), so a restarted runtime or a restored clone is answered at
+// once. A client retries a hello that timed out on a new connection.
 //
 // Session. After the hello both ends run a hashicorp/yamux session over
 // the stream, the host as yamux client. Every yamux stream the host opens
@@ -78,6 +83,7 @@
 //	POST   /v1/power                PowerRequest ("poweroff" | "reboot") → 202, then acts
 //	POST   /v1/entropy              raw random bytes (≤ 4096) mixed into the guest pool → EntropyResponse
 //	POST   /v1/clock                ClockRequest → ClockResponse (sets CLOCK_REALTIME)
+//	POST   /v1/hostname             HostnameRequest → 204 (a restored clone takes its own)
 //	POST   /v1/token                TokenRequest → 204
 //
 // File paths are absolute guest paths; a path with a ".." element is

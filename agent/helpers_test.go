@@ -23,10 +23,11 @@ const testToken = "test-token-0123456789"
 
 // fakeSystem records power, clock and entropy calls.
 type fakeSystem struct {
-	mu      sync.Mutex
-	power   []string
-	clock   []time.Time
-	entropy [][]byte
+	mu        sync.Mutex
+	power     []string
+	clock     []time.Time
+	entropy   [][]byte
+	hostnames []string
 }
 
 func (f *fakeSystem) Power(a string) error {
@@ -40,6 +41,13 @@ func (f *fakeSystem) SetClock(t time.Time) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.clock = append(f.clock, t)
+	return nil
+}
+
+func (f *fakeSystem) SetHostname(name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.hostnames = append(f.hostnames, name)
 	return nil
 }
 

@@ -166,6 +166,15 @@ func (c *Client) SetClock(ctx context.Context, t time.Time) (time.Duration, erro
 	return r.Adjusted, nil
 }
 
+// SetHostname sets the guest's hostname (a clone takes its own: the
+// snapshot carries its source's).
+func (c *Client) SetHostname(ctx context.Context, name string) error {
+	if err := ValidateHostname(name); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return c.jsonCall(ctx, "POST", "/v1/hostname", nil, HostnameRequest{Hostname: name}, nil, true)
+}
+
 // RotateToken replaces the agent's token with newToken (authenticated
 // with the current one) and switches the client to it.
 func (c *Client) RotateToken(ctx context.Context, newToken string) error {

@@ -215,6 +215,11 @@ type EntropyResponse struct {
 	Credited bool `json:"credited"`
 }
 
+// HostnameRequest is the body of POST /v1/hostname.
+type HostnameRequest struct {
+	Hostname string `json:"hostname"`
+}
+
 // ClockRequest is the body of POST /v1/clock.
 type ClockRequest struct {
 	UnixNano int64 `json:"unix_nano"`

@@ -114,6 +114,27 @@ func ValidateSecretName(n string) error {
 	return nil
 }
 
+// ValidateHostname checks a hostname: 1 to 64 bytes of dot-separated
+// labels of letters, digits and inner dashes (what sethostname takes and
+// resolvers accept).
+func ValidateHostname(h string) error {
+	if h == "" || len(h) > 64 {
+		return fmt.Errorf("hostname %q must be 1 to 64 bytes", h)
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || label[0] == '-' || label[len(label)-1] == '-' {
+			return fmt.Errorf("hostname %q has an empty or dash-edged label", h)
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c == '-' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) {
+				return fmt.Errorf("hostname %q has invalid character %q", h, c)
+			}
+		}
+	}
+	return nil
+}
+
 // ValidateToken checks a token: printable ASCII without spaces, so it
 // fits a kernel command line and an Authorization header unchanged.
 func ValidateToken(t string) error {

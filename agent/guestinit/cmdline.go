@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"strings"
 	"unicode"
+
+	"github.com/hearth-vm/hearth/agent"
 )
 
 // Cmdline is what the agent reads from the kernel command line.
@@ -163,20 +165,4 @@ func ParseIP(v string) (*IPConfig, error) {
 	return cfg, nil
 }
 
-func validHostname(h string) error {
-	if h == "" || len(h) > 64 {
-		return fmt.Errorf("hostname %q must be 1 to 64 bytes", h)
-	}
-	for _, label := range strings.Split(h, ".") {
-		if label == "" || label[0] == '-' || label[len(label)-1] == '-' {
-			return fmt.Errorf("hostname %q has an empty or dash-edged label", h)
-		}
-		for i := 0; i < len(label); i++ {
-			c := label[i]
-			if !(c == '-' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) {
-				return fmt.Errorf("hostname %q has invalid character %q", h, c)
-			}
-		}
-	}
-	return nil
-}
+func validHostname(h string) error { return agent.ValidateHostname(h) }

@@ -16,8 +16,12 @@
 // "unix:PATH", "fcsim:PORT" (the Firecracker simulator's guest socket
 // <$HEARTH_FCSIM_GUEST_VSOCK_DIR>/PORT.sock) and "serial:NAME" or
 // "serial:/dev/vportNpM" (a virtio-serial port, found by its name under
-// /sys/class/virtio-ports). A serial port carries one session at a time;
-// the server reopens it after each session ends.
+// /sys/class/virtio-ports). A serial port carries one session at a time
+// and stays open for the agent's life (closing it would discard queued
+// bytes): a session ends when the host goes away (the port reads
+// end-of-file) or when a new host's hello arrives at a yamux frame
+// boundary, which is how a restored clone or a guest that missed its
+// host's departure starts afresh (serial.go explains it in full).
 //
 // Robustness rules: every body and line has a size limit, every request
 // is authenticated before it is routed, a panic in a handler is

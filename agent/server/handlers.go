@@ -43,6 +43,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/power", s.handlePower)
 	mux.HandleFunc("POST /v1/entropy", s.handleEntropy)
 	mux.HandleFunc("POST /v1/clock", s.handleClock)
+	mux.HandleFunc("POST /v1/hostname", s.handleHostname)
 	mux.HandleFunc("POST /v1/token", s.handleToken)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, agent.CodeNotFound, fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
@@ -145,7 +146,7 @@ func (s *Server) handleInfo(w http.ResponseWriter, _ *http.Request) {
 		PID1:        s.cfg.PID1,
 		AgentUptime: time.Since(s.started),
 		Time:        time.Now().UTC(),
-		Features:    []string{"exec", "tty", "files", "env", "secrets", "line-protocol", "power", "entropy", "clock", "token-rotation"},
+		Features:    []string{"exec", "tty", "files", "env", "secrets", "line-protocol", "power", "entropy", "clock", "token-rotation", "hostname"},
 	}
 	if s.cfg.FilesRoot != "" {
 		in.Features = append(in.Features, "files-root")
@@ -302,6 +303,23 @@ func (s *Server) handleClock(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("agent: clock set", "adjusted", t.Sub(prev))
 	writeJSON(w, http.StatusOK, agent.ClockResponse{Previous: prev.UTC(), Adjusted: t.Sub(prev)})
+}
+
+func (s *Server) handleHostname(w http.ResponseWriter, r *http.Request) {
+	var req agent.HostnameRequest
+	if !decodeBody(w, r, 4<<10, &req) {
+		return
+	}
+	if err := agent.ValidateHostname(req.Hostname); err != nil {
+		badRequest(w, err)
+		return
+	}
+	if err := s.cfg.System.SetHostname(req.Hostname); err != nil {
+		writeOSError(w, fmt.Errorf("set hostname: %w", err))
+		return
+	}
+	s.log.Info("agent: hostname set", "hostname", req.Hostname)
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {

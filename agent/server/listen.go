@@ -143,7 +143,8 @@ func FindVirtioPort(sysDir, name string) (string, error) {
 
 // SerialOpener returns the open function ServeSerial needs for a serial
 // spec: it finds the port by name each time (the device can appear after
-// the agent starts) and opens it read-write.
+// the agent starts) and opens it read-write. ServeSerial keeps it open
+// and opens it again only if it fails.
 func (l ListenSpec) SerialOpener(sysDir string) (func() (io.ReadWriteCloser, error), error) {
 	if l.Kind != KindSerial {
 		return nil, errors.New("not a serial listen spec")
@@ -160,8 +161,6 @@ func (l ListenSpec) SerialOpener(sysDir string) (func() (io.ReadWriteCloser, err
 		if err != nil {
 			return nil, fmt.Errorf("open %s: %w", dev, err)
 		}
-		// Hide the deadline methods: the hello on a serial port waits
-		// for a host as long as it takes.
-		return struct{ io.ReadWriteCloser }{f}, nil
+		return &serialDevice{File: f}, nil
 	}, nil
 }

@@ -1,21 +1,15 @@
 package server
 
 import (
-	"context"
 	"crypto/rand"
 	"errors"
-	"io"
 	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
-	"sync/atomic"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/hearth-vm/hearth/agent"
-	"github.com/hearth-vm/hearth/vsock"
 )
 
 func TestParseListen(t *testing.T) {
@@ -104,84 +98,6 @@ func TestListenUnixReplacesStaleSocket(t *testing.T) {
 	if ln.Addr().String() != filepath.Join(dir, "1024.sock") {
 		t.Errorf("fcsim listener at %s", ln.Addr())
 	}
-}
-
-// TestServeSerial drives the serial loop with an in-memory "port": stale
-// bytes in both directions before the hello, then a host that goes away
-// and a new one that connects to the reopened port.
-func TestServeSerial(t *testing.T) {
-	dir := shortDir(t)
-	s, err := New(Config{NoAuth: true, SecretsDir: filepath.Join(dir, "s")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hostEnds := make(chan net.Conn, 1)
-	var opens atomic.Int32
-	open := func() (io.ReadWriteCloser, error) {
-		opens.Add(1)
-		g, h := socketPair(t)
-		select {
-		case hostEnds <- h:
-		default:
-			// Nobody took the previous end: a port with no host reads EOF.
-			h.Close()
-		}
-		// A port keeps bytes the guest wrote for an earlier host.
-		g.Write([]byte("\x00\x00stale yamux bytes\nHEARTH-AGENT/1 OK 1234\n"))
-		return struct{ io.ReadWriteCloser }{g}, nil
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = s.ServeSerial(ctx, open) }()
-	defer func() { cancel(); s.Close(); <-done }()
-
-	var current atomic.Pointer[net.Conn]
-	dialer := vsock.DialFunc(func(ctx context.Context) (net.Conn, error) {
-		select {
-		case h := <-hostEnds:
-			// And the host side may send leftovers of its own.
-			h.Write([]byte("garbage from an old host session"))
-			current.Store(&h)
-			return h, nil
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	})
-	c := agent.New(dialer, "")
-	defer c.Close()
-	cctx, ccancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer ccancel()
-	if err := c.Ping(cctx); err != nil {
-		t.Fatal(err)
-	}
-	(*current.Load()).Close()
-	if err := c.Ping(cctx); err != nil {
-		t.Fatalf("ping after the host reconnected: %v", err)
-	}
-	if n := opens.Load(); n < 2 {
-		t.Errorf("port opened %d times, want a reopen per session", n)
-	}
-}
-
-// socketPair is a kernel-buffered stream pair, like a port whose buffer
-// holds bytes before anyone reads them.
-func socketPair(t *testing.T) (net.Conn, net.Conn) {
-	t.Helper()
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cs [2]net.Conn
-	for i, fd := range fds {
-		f := os.NewFile(uintptr(fd), "pair")
-		c, err := net.FileConn(f)
-		f.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cs[i] = c
-	}
-	return cs[0], cs[1]
 }
 
 // TestAddEntropy feeds real random bytes to the kernel pool: credited as

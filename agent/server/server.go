@@ -75,6 +75,8 @@ type System interface {
 	Power(action string) error
 	// SetClock sets the realtime clock.
 	SetClock(t time.Time) error
+	// SetHostname sets the kernel's hostname (UTS name).
+	SetHostname(name string) error
 	// AddEntropy mixes b into the kernel's pool and reports whether it
 	// was credited as entropy.
 	AddEntropy(b []byte) (credited bool, err error)
@@ -312,43 +314,6 @@ type readerConn struct {
 }
 
 func (c *readerConn) Read(p []byte) (int, error) { return c.r.Read(p) }
-
-// ServeSerial serves sessions on a virtio-serial port, one at a time: a
-// port is a single stream that outlives host connections. open is
-// called again after each session; while no host is connected the
-// guest side reads EOF at once (and poll reports POLLHUP, so there is no
-// event to wait for), so reopening waits between attempts, at most
-// 200 ms: that bounds how late a host that just connected is answered.
-// It returns when ctx ends or Close is called.
-func (s *Server) ServeSerial(ctx context.Context, open func() (io.ReadWriteCloser, error)) error {
-	const maxBackoff = 200 * time.Millisecond
-	backoff := 20 * time.Millisecond
-	lastErr := ""
-	for ctx.Err() == nil && !s.isClosed() {
-		rwc, err := open()
-		if err != nil {
-			// Once per distinct error: a missing port is retried often.
-			if err.Error() != lastErr {
-				s.log.Warn("agent: open serial port", "err", err)
-				lastErr = err.Error()
-			}
-		} else {
-			lastErr = ""
-			start := time.Now()
-			err := s.ServeConn(rwc)
-			if time.Since(start) > time.Second {
-				backoff = 20 * time.Millisecond
-			}
-			s.log.Debug("agent: serial session ended", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, maxBackoff)
-	}
-	return nil
-}
 
 // Close stops every listener and session and kills running exec
 // processes.

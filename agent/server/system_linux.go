@@ -49,6 +49,11 @@ func (l *LinuxSystem) SetClock(t time.Time) error {
 	return nil
 }
 
+// SetHostname implements System.
+func (l *LinuxSystem) SetHostname(name string) error {
+	return unix.Sethostname([]byte(name))
+}
+
 // AddEntropy implements System. RNDADDENTROPY both mixes and credits the
 // bytes but needs CAP_SYS_ADMIN; without it, writing to /dev/urandom still
 // mixes them in (uncredited), which is what matters after a restore: the
@@ -176,6 +181,12 @@ func (s *SimulatedSystem) Power(action string) error {
 // SetClock implements System without touching the host's clock.
 func (s *SimulatedSystem) SetClock(t time.Time) error {
 	s.log().Info("agent: simulated clock set", "time", t)
+	return nil
+}
+
+// SetHostname implements System without touching the host's name.
+func (s *SimulatedSystem) SetHostname(name string) error {
+	s.log().Info("agent: simulated hostname set", "hostname", name)
 	return nil
 }
 
