@@ -56,7 +56,11 @@ func Prepare(cfg PrepareConfig) error {
 		}
 	}
 	if cl.IP != nil {
-		h, err := netlink.NewHandle()
+		// Route netlink only: without arguments the handle also opens
+		// XFRM and netfilter sockets, which a kernel with those as
+		// unloaded modules (Debian's cloud kernel) refuses with
+		// EPROTONOSUPPORT.
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("netlink: %w", err))
 		} else {

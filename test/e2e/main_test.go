@@ -180,6 +180,24 @@ func execOut(t *testing.T, rt *hearth.Runtime, id string, args ...string) string
 	return out
 }
 
+// consoleTail is the end of a VM's console, for failure messages.
+func consoleTail(rt *hearth.Runtime, id string) string {
+	lines, err := rt.ConsoleTail(context.Background(), id, 80)
+	if err != nil {
+		return err.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// destroyAll destroys every VM of rt (cleanup after a failure).
+func destroyAll(rt *hearth.Runtime) {
+	ctx := context.Background()
+	vs, _ := rt.List(ctx)
+	for _, v := range vs {
+		rt.Destroy(ctx, v.ID)
+	}
+}
+
 // noGuestsLeft checks that state has no VM directory and no QEMU left.
 func noGuestsLeft(t *testing.T, state string) {
 	t.Helper()
