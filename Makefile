@@ -34,7 +34,7 @@ demo:
 # Benchmarks, each against a baseline in the same run (root for some).
 # The control-plane and daemon benchmarks collect their own samples in one
 # iteration; the others take three. BENCH_NOTE goes into the report.
-BENCH_ONCE = ^Benchmark(ControlPlane|RuntimeConcurrency|DaemonScale)$$
+BENCH_ONCE = ^Benchmark(ControlPlane|RuntimeConcurrency|DaemonScale|VMMSpawn)$$
 bench:
 	@samples=$$(mktemp -d) && trap 'rm -rf '$$samples EXIT && \
 	{ HEARTH_BENCH_SAMPLES=$$samples $(GO) test -run '^$$' -bench '$(BENCH_ONCE)' -benchtime 1x -timeout 60m ./bench/ && \

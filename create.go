@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"time"
 
@@ -26,6 +27,9 @@ type createPlan struct {
 	entry   *vmEntry
 	restore *store.Snapshot
 	rspec   RestoreSpec
+	// stored says the record is in the store: the first durable write
+	// of a create inserts it, later ones update it.
+	stored bool
 }
 
 // Create creates a VM from spec and leaves it in status created: its VMM
@@ -118,7 +122,24 @@ func (r *Runtime) runCreate(ctx context.Context, p *createPlan, steps []step) (V
 // persistCreating writes the record of a VM still being created.
 func (r *Runtime) persistCreating(p *createPlan) error {
 	p.entry.rec.UpdatedAt = time.Now().UTC()
-	if err := r.st.PutVM(p.entry.rec); err != nil {
+	return r.storePlan(p, p.entry.rec)
+}
+
+// storePlan writes rec, the record of the VM p creates: the first write
+// inserts it, later ones replace it. Until the first write nothing of the
+// VM is durable but its directory, which reconcile reclaims when no record
+// owns it, and allocations naming it, which reconcile frees likewise.
+func (r *Runtime) storePlan(p *createPlan, rec store.VM) error {
+	var err error
+	if p.stored {
+		err = r.st.PutVM(rec)
+	} else if err = r.st.CreateVM(rec); err == nil {
+		p.stored = true
+	}
+	if errors.Is(err, store.ErrExists) {
+		return newErr(KindVMAlreadyExists, p.op, p.id, nil)
+	}
+	if err != nil {
 		return newErr(KindStatePoisoned, p.op, p.id, err)
 	}
 	return nil
@@ -144,8 +165,8 @@ func (r *Runtime) commonSteps(p *createPlan) []step {
 				}
 				key := newKey()
 				// The VM dir is on the record from the start (before it
-				// exists), so a crash after its mkdir still finds it and
-				// one durable write covers both steps.
+				// exists), so once the record is written a crash finds
+				// it whichever step it interrupted.
 				e := &vmEntry{rec: store.VM{ID: p.id, Key: key, Status: string(StatusCreating),
 					Backend: p.backend.Name(), Spec: specJSON, CreatedAt: now, UpdatedAt: now,
 					Resources: []store.Resource{{Kind: resDir, Name: r.vmDir(key)}}}}
@@ -155,17 +176,21 @@ func (r *Runtime) commonSteps(p *createPlan) []step {
 				if p.spec.AgentEnabled() && p.restore == nil {
 					e.rec.AgentToken = newToken()
 				}
-				// The store decides who wins a race for the id: the
-				// check and the insert are one transaction.
-				if err := r.st.CreateVM(e.rec); err != nil {
-					if errors.Is(err, store.ErrExists) {
-						return newErr(KindVMAlreadyExists, p.op, p.id, nil)
-					}
-					return newErr(KindStatePoisoned, p.op, p.id, err)
-				}
+				// The id is reserved in memory, not in the store: the
+				// runtime holds the state dir alone and every record is
+				// in r.vms, so the map decides who wins a race for the
+				// id, and the first durable write comes with the first
+				// thing worth recording (a crash before it leaves only
+				// what reconcile reclaims anyway). That saves a create
+				// one synchronous store commit.
 				e.mu.Lock() // held until the pipeline ends
 				e.publish()
 				r.mu.Lock()
+				if r.vms[p.id] != nil {
+					r.mu.Unlock()
+					e.mu.Unlock()
+					return newErr(KindVMAlreadyExists, p.op, p.id, nil)
+				}
 				r.vms[p.id] = e
 				r.mu.Unlock()
 				p.entry = e
@@ -180,6 +205,9 @@ func (r *Runtime) commonSteps(p *createPlan) []step {
 				}
 				r.mu.Unlock()
 				e.mu.Unlock()
+				if !p.stored {
+					return nil
+				}
 				return r.st.DeleteVM(p.id)
 			},
 		},
@@ -249,15 +277,33 @@ func (r *Runtime) launchStep(p *createPlan) step {
 	return step{
 		name: "launch",
 		do: func(ctx context.Context) error {
-			m, err := r.launch(ctx, p.backend, p.entry, p.spec)
+			// With the handle recorded, a runtime that dies lets the next
+			// Open find and kill this VMM. A backend that reports the
+			// process as soon as it exists lets that write overlap the
+			// VMM's start-up instead of following it.
+			var pending chan error
+			var early *vmm.Handle
+			spawned := func(h vmm.Handle) {
+				rec := p.entry.rec
+				rec.Handle, rec.UpdatedAt = &h, time.Now().UTC()
+				early = &h
+				pending = make(chan error, 1)
+				go func() { pending <- r.storePlan(p, rec) }()
+			}
+			m, err := r.launchWith(ctx, p.backend, p.entry, p.spec, spawned)
+			var earlyErr error
+			if pending != nil {
+				earlyErr = <-pending
+			}
 			if err != nil {
 				return vmmErr(p.op, p.id, KindUnsupported, err)
 			}
 			p.entry.machine = m
 			h := m.Handle()
 			p.entry.rec.Handle = &h
-			// With the handle recorded, a runtime that dies now lets the
-			// next Open find and kill this VMM.
+			if earlyErr == nil && early != nil && reflect.DeepEqual(*early, h) {
+				return nil
+			}
 			if err := r.persistCreating(p); err != nil {
 				m.Kill()
 				p.entry.machine, p.entry.rec.Handle = nil, nil
@@ -289,9 +335,10 @@ func (r *Runtime) recordStep(p *createPlan, final func() Status) step {
 			h := e.machine.Handle()
 			e.rec.Handle = &h
 			e.rec.Status = string(final())
-			if err := r.save(p.op, e); err != nil {
+			if err := r.persistCreating(p); err != nil {
 				return err
 			}
+			e.publish()
 			r.watchMachine(e, e.machine)
 			r.watchUffd(e)
 			return nil
@@ -335,6 +382,12 @@ func (r *Runtime) createSteps(p *createPlan) []step {
 // launch starts a VMM for e in its directory (and its jail, if it has
 // one).
 func (r *Runtime) launch(ctx context.Context, b vmm.Backend, e *vmEntry, spec Spec) (vmm.Machine, error) {
+	return r.launchWith(ctx, b, e, spec, nil)
+}
+
+// launchWith is launch with the backend's early report of the process
+// (vmm.LaunchSpec.Spawned).
+func (r *Runtime) launchWith(ctx context.Context, b vmm.Backend, e *vmEntry, spec Spec, spawned func(vmm.Handle)) (vmm.Machine, error) {
 	dir := r.vmDir(e.rec.Key)
 	netns := ""
 	if a, ok := attachmentOf(e.rec.Resources); ok {
@@ -348,6 +401,7 @@ func (r *Runtime) launch(ctx context.Context, b vmm.Backend, e *vmEntry, spec Sp
 		ConsolePath: filepath.Join(dir, "console.log"),
 		Jail:        r.launchJail(e, spec),
 		NetNS:       netns,
+		Spawned:     spawned,
 	})
 }
 

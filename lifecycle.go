@@ -335,6 +335,14 @@ func (r *Runtime) Rename(ctx context.Context, id, newID string) (View, error) {
 	if newID == id {
 		return viewOf(e.rec), nil
 	}
+	// A VM still being created may not be in the store yet: the map
+	// knows it (a create racing past this check fails at its next write).
+	r.mu.Lock()
+	taken := r.vms[newID] != nil
+	r.mu.Unlock()
+	if taken {
+		return View{}, newErr(KindVMAlreadyExists, op, newID, nil)
+	}
 	now := time.Now().UTC()
 	if err := r.st.RenameVM(id, newID, now); err != nil {
 		if errors.Is(err, store.ErrExists) {

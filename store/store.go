@@ -10,7 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/hearth-vm/hearth/vmm"
@@ -100,10 +100,21 @@ type Snapshot struct {
 // Store is an open state store. Its methods are safe for concurrent use;
 // each is one bbolt transaction.
 type Store struct {
-	db      *bolt.DB
-	lock    *os.File
-	dir     string
-	writers atomic.Int32 // writes in flight, to choose Update or Batch
+	db   *bolt.DB
+	lock *os.File
+	dir  string
+
+	// Group commit (see update): writes queued while a commit is in
+	// flight, and whether one is.
+	gmu        sync.Mutex
+	queue      []*write
+	committing bool
+}
+
+// write is one queued update.
+type write struct {
+	fn   func(tx *bolt.Tx) error
+	done chan error
 }
 
 // Open opens (creating if needed) the store in dir and locks dir.
@@ -120,9 +131,6 @@ func Open(dir string) (*Store, error) {
 		lf.Close()
 		return nil, fmt.Errorf("open %s: %w", filepath.Join(dir, "hearth.db"), errors.Join(ErrCorrupt, err))
 	}
-	// A short batch window: a lone write waits at most this long, while
-	// concurrent writes arriving within it share one commit.
-	db.MaxBatchDelay = 200 * time.Microsecond
 	s := &Store{db: db, lock: lf, dir: dir}
 	if err := s.init(); err != nil {
 		s.Close()
@@ -178,18 +186,75 @@ func (s *Store) init() error {
 	})
 }
 
-// update runs fn in a write transaction. A lone writer commits at once;
-// writers that overlap are coalesced into one transaction and one fsync
-// (bbolt's Batch), so many VMs created at once do not queue behind each
-// other's disk syncs, while a single create does not pay Batch's timer.
-// fn may run more than once and must only touch the transaction.
+// update runs fn in a durable write transaction, with group commit: a
+// write that finds no commit in flight commits at once; writes that
+// arrive during a commit queue, and the next commit takes all of them in
+// one transaction and one pair of disk syncs. So many VMs created at once
+// do not queue behind each other's syncs one by one, a lone write waits
+// for nothing (no batch timer), and the batches grow exactly as large as
+// the disk is slow. fn may run more than once and must only touch the
+// transaction; a failing fn fails alone (see commitGroup).
 func (s *Store) update(fn func(tx *bolt.Tx) error) error {
-	if s.writers.Add(1) == 1 {
-		defer s.writers.Add(-1)
-		return s.db.Update(fn)
+	w := &write{fn: fn, done: make(chan error, 1)}
+	s.gmu.Lock()
+	s.queue = append(s.queue, w)
+	lead := !s.committing
+	s.committing = true
+	s.gmu.Unlock()
+	if lead {
+		s.commitQueued()
 	}
-	defer s.writers.Add(-1)
-	return s.db.Batch(fn)
+	return <-w.done
+}
+
+// commitQueued commits what is queued, as one group; what queued up
+// meanwhile is committed by a goroutine that carries on, so the caller
+// returns as soon as its own write is durable.
+func (s *Store) commitQueued() {
+	s.gmu.Lock()
+	q := s.queue
+	s.queue = nil
+	s.gmu.Unlock()
+	s.commitGroup(q)
+	s.gmu.Lock()
+	more := len(s.queue) > 0
+	s.committing = more
+	s.gmu.Unlock()
+	if more {
+		go s.commitQueued()
+	}
+}
+
+// commitGroup commits q's writes in one transaction, in order (each sees
+// the ones before it, as if they had committed one by one). A write whose
+// fn fails aborts the transaction: it is then run alone, so its error is
+// its own and nothing it half-did is kept, and the others are retried
+// together. A failed commit fails every write of the group.
+func (s *Store) commitGroup(q []*write) {
+	for len(q) > 0 {
+		if len(q) == 1 {
+			q[0].done <- s.db.Update(q[0].fn)
+			return
+		}
+		failed := -1
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			for i, w := range q {
+				if err := w.fn(tx); err != nil {
+					failed = i
+					return err
+				}
+			}
+			return nil
+		})
+		if err == nil || failed < 0 {
+			for _, w := range q {
+				w.done <- err
+			}
+			return
+		}
+		q[failed].done <- s.db.Update(q[failed].fn)
+		q = append(q[:failed:failed], q[failed+1:]...)
+	}
 }
 
 // Dir returns the state dir.

@@ -3,6 +3,9 @@ package store
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -185,4 +188,73 @@ func TestCorruptRecord(t *testing.T) {
 		t.Fatalf("list corrupt: %v", err)
 	}
 	s.Close()
+}
+
+// TestGroupCommit runs many writes at once, so that most of them are
+// committed in groups: each still behaves as its own transaction — a
+// failing one (a duplicate id) fails alone and leaves nothing, the others
+// all land, and allocations stay distinct.
+func TestGroupCommit(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const n = 64
+	var wg sync.WaitGroup
+	var dups, created atomic.Int32
+	vals := make([]uint64, n)
+	errs := make(chan error, 3*n)
+	for i := 0; i < n; i++ {
+		wg.Add(3)
+		go func() {
+			defer wg.Done()
+			if err := s.CreateVM(VM{ID: fmt.Sprintf("vm-%d", i), Status: "created"}); err != nil {
+				errs <- err
+			}
+		}()
+		go func() {
+			// Every fourth id is contended by two creates.
+			defer wg.Done()
+			err := s.CreateVM(VM{ID: fmt.Sprintf("dup-%d", i/2), Status: "created", Key: fmt.Sprint(i)})
+			switch {
+			case err == nil:
+				created.Add(1)
+			case errors.Is(err, ErrExists):
+				dups.Add(1)
+			default:
+				errs <- err
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			v, err := s.Allocate("pool", 1, 1000, fmt.Sprint(i))
+			if err != nil {
+				errs <- err
+			}
+			vals[i] = v
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if created.Load() != n/2 || dups.Load() != n/2 {
+		t.Fatalf("contended creates: %d created, %d refused, want %d each", created.Load(), dups.Load(), n/2)
+	}
+	recs, err := s.ListVMs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != n+n/2 {
+		t.Fatalf("%d records, want %d", len(recs), n+n/2)
+	}
+	seen := map[uint64]bool{}
+	for _, v := range vals {
+		if v < 1 || v > n || seen[v] {
+			t.Fatalf("allocations %v: not %d distinct values from 1", vals, n)
+		}
+		seen[v] = true
+	}
 }

@@ -74,6 +74,11 @@ type LaunchSpec struct {
 	Jail *Jail
 	// Env is extra environment for the VMM process.
 	Env []string
+	// Spawned, when set, is called once the VMM process exists (before
+	// its API answers) with its handle so far, so the caller can record
+	// it durably while the VMM starts. Backends may not call it; the
+	// handle Launch's machine reports stays authoritative.
+	Spawned func(Handle)
 }
 
 // Jail describes the confinement of a VMM process.

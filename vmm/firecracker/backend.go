@@ -32,6 +32,8 @@ const (
 const (
 	readyFirstSleep = 2 * time.Millisecond
 	readyMaxSleep   = 100 * time.Millisecond
+	// readySocketSleep is the retry interval once the API socket exists.
+	readySocketSleep = time.Millisecond
 )
 
 // File names inside LaunchSpec.Dir (or the chroot when jailed).
@@ -265,6 +267,11 @@ func (b *Backend) LaunchMachine(ctx context.Context, spec vmm.LaunchSpec) (m *Ma
 	}
 	if err != nil {
 		return nil, err
+	}
+	if spec.Spawned != nil {
+		// The process exists: its caller can record it while the VMM
+		// starts up (the wait below dominates a launch).
+		spec.Spawned(l.m.Handle())
 	}
 	if err = l.m.waitReady(ctx, b.opts.ReadyTimeout); err != nil {
 		return nil, err

@@ -109,12 +109,20 @@ func (m *Machine) startMetrics() error {
 	return nil
 }
 
-// waitReady polls GET / with backoff (2 ms doubling to 100 ms) until the
-// API answers, the process exits, or timeout passes.
+// waitReady waits until GET / answers, the process exits, or timeout
+// passes. It wakes when the API socket appears (inotify on its directory)
+// and otherwise polls with backoff (2 ms doubling to 100 ms); once the
+// socket exists, it retries every millisecond until the VMM listens.
 func (m *Machine) waitReady(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	sleep := readyFirstSleep
 	var lastErr error
+	// Watch before the first look, so a socket made in between is seen.
+	watch, werr := watchSocket(m.client.SocketPath())
+	if werr != nil {
+		m.log.Debug("no inotify for the API socket, polling", "err", werr)
+	}
+	defer watch.Close()
 	for {
 		if _, err := os.Stat(m.client.SocketPath()); err != nil {
 			lastErr = err
@@ -123,6 +131,8 @@ func (m *Machine) waitReady(ctx context.Context, timeout time.Duration) error {
 			if lastErr = m.client.DoTimeout(ctx, Request{Method: "GET", Path: "/"}, probe, &info); lastErr == nil {
 				return nil
 			}
+			// Bound but not yet listening: it will be at once.
+			sleep = readySocketSleep
 		}
 		select {
 		case <-m.proc.Done():
@@ -141,6 +151,7 @@ func (m *Machine) waitReady(ctx context.Context, timeout time.Duration) error {
 		case <-m.proc.Done():
 		case <-ctx.Done():
 		case <-t.C:
+		case <-watch.events():
 		}
 		t.Stop()
 		sleep = min(sleep*2, readyMaxSleep)
