@@ -39,7 +39,7 @@ bench:
 	@samples=$$(mktemp -d) && trap 'rm -rf '$$samples EXIT && \
 	{ HEARTH_BENCH_SAMPLES=$$samples $(GO) test -run '^$$' -bench '$(BENCH_ONCE)' -benchtime 1x -timeout 60m ./bench/ && \
 	  $(GO) test -run '^$$' -bench . -skip '$(BENCH_ONCE)' -benchtime 3x -timeout 60m ./bench/; } | \
-	$(GO) run ./bench/report -out bench -samples $$samples -note "$(BENCH_NOTE)"
+	$(GO) run ./bench/report -out bench -samples $$samples -notes bench/notes.md -note "$(BENCH_NOTE)"
 
 clean:
 	rm -rf $(BIN)

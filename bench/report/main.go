@@ -66,6 +66,7 @@ type Report struct {
 	Targets   []Target  `json:"targets"`
 	Series    []Series  `json:"series,omitempty"`
 	Note      string    `json:"note,omitempty"`
+	Notes     string    `json:"-"` // markdown appended to report.md
 }
 
 // Machine says where the numbers come from.
@@ -95,6 +96,7 @@ func main() {
 	out := flag.String("out", "bench", "directory for report.md, report.json and report.svg")
 	samples := flag.String("samples", "", "directory of latency samples left by the benchmarks ($HEARTH_BENCH_SAMPLES)")
 	note := flag.String("note", "", "a note for the report (e.g. what else loaded the machine)")
+	notes := flag.String("notes", "", "a markdown file explaining the benchmarks, appended to report.md")
 	flag.Parse()
 	before := loadavg()
 	rep, err := build(os.Stdin)
@@ -104,6 +106,14 @@ func main() {
 	}
 	rep.Machine.LoadBefore, rep.Machine.LoadAfter = before, loadavg()
 	rep.Note = *note
+	if *notes != "" {
+		b, err := os.ReadFile(*notes)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "report:", err)
+			os.Exit(1)
+		}
+		rep.Notes = string(b)
+	}
 	if *samples != "" {
 		if rep.Series, err = readSamples(*samples); err != nil {
 			fmt.Fprintln(os.Stderr, "report:", err)
@@ -308,6 +318,9 @@ func markdown(rep Report) string {
 		b.WriteString("\n")
 	}
 	b.WriteString("![latency chart](report.svg)\n")
+	if rep.Notes != "" {
+		b.WriteString("\n" + rep.Notes)
+	}
 	return b.String()
 }
 
