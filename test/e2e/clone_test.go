@@ -2,28 +2,33 @@ package e2e
 
 import (
 	"context"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hearth-vm/hearth"
+	"github.com/hearth-vm/hearth/network/nstest"
 )
 
 // guestToken is the agent token a guest holds: the rotated one if it was
 // given one (a clone), else the one on its kernel command line.
 const guestToken = `cat /run/hearth/token 2>/dev/null || tr ' ' '\n' </proc/cmdline | sed -n 's/^hearth.token=//p'`
 
-// TestGuestClones snapshots a running guest and restores two clones from
-// it at once: each answers exec with its own token, hostname and disk,
-// and the source keeps running and answering.
+// TestGuestClones snapshots a running, networked guest and restores two
+// clones from it at once: each answers exec with its own token, hostname,
+// disk and network slot (its traffic leaves from its own address), and
+// the source keeps running and answering.
 func TestGuestClones(t *testing.T) {
 	t.Parallel()
 	state := newState(t)
+	w := nstest.NewWorld(t)
 	ctx := context.Background()
-	rt := openQEMU(t, state)
-	defer rt.Close()
+	rt := openQEMU(t, state, withWorld(w))
+	t.Cleanup(func() { destroyAll(rt); rt.Close() })
 	on := true
-	if _, err := rt.Create(ctx, "src", hearth.Spec{Image: "default", MemoryMiB: 256, Agent: &on}); err != nil {
+	net := &hearth.NetworkSpec{Allow: []string{"tcp:" + nstest.Allowed.String() + "/32:80"}}
+	if _, err := rt.Create(ctx, "src", hearth.Spec{Image: "default", MemoryMiB: 256, Agent: &on, Network: net}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := rt.Start(ctx, "src"); err != nil {
@@ -56,7 +61,18 @@ func TestGuestClones(t *testing.T) {
 	t.Logf("two restores at once: %v", time.Since(t0).Round(time.Millisecond))
 
 	tokens := map[string]string{}
+	addrs := map[netip.Addr]string{}
 	for _, id := range append([]string{"src"}, clones...) {
+		// Its own network: a namespace whose uplink address is its own,
+		// and egress under the policy it inherited.
+		_, addr := vmNS(t, rt, id)
+		if other, dup := addrs[addr]; dup {
+			t.Errorf("%s and %s both send from %v", id, other, addr)
+		}
+		addrs[addr] = id
+		if !dial(t, rt, id, nstest.Allowed.String()+":80") {
+			t.Errorf("%s: the allowed responder does not answer", id)
+		}
 		if got, _ := rt.Get(ctx, id); got.Status != hearth.StatusRunning {
 			t.Fatalf("%s: %s", id, got.Status)
 		}
