@@ -367,7 +367,22 @@ func TestCLILifecycleOnSimulator(t *testing.T) {
 	if out := c.ok("exec", "box", "--", "echo", "hello"); strings.TrimSpace(out) != "hello" {
 		t.Fatalf("exec: %q", out)
 	}
-	c.code(7, "exec", "box", "--", "sh", "-c", "exit 7")
+	if out, code := c.run("exec", "box", "--", "sh", "-c", "echo out; echo err >&2; exit 7"); code != 7 || !strings.Contains(out, "out") || !strings.Contains(out, "err") {
+		t.Fatalf("exec exit %d, output %q", code, out)
+	}
+	c.code(3, "exec", "nope", "--", "true")
+	// Files in and out. The simulator's guest is a host process: its "/"
+	// is the host's, so the guest path stays inside the test's directory.
+	in := filepath.Join(dir, "in.txt")
+	os.WriteFile(in, []byte("payload\n"), 0o640)
+	guestPath := "box:" + filepath.Join(dir, "guest-payload.txt")
+	c.ok("cp", in, guestPath)
+	outFile := filepath.Join(dir, "out.txt")
+	c.ok("cp", guestPath, outFile)
+	if b, _ := os.ReadFile(outFile); string(b) != "payload\n" {
+		t.Fatalf("cp round trip: %q", b)
+	}
+	c.code(2, "cp", in, outFile)
 	c.json(&v, "pause", "box")
 	c.json(&v, "resume", "box")
 	// The simulator validates the PATCH bodies against Firecracker's spec.
