@@ -81,3 +81,18 @@ func safeString(p *progress, b *bytes.Buffer) string {
 }
 
 func sleepTick() { time.Sleep(20 * time.Millisecond) }
+
+// On a terminal the bar is redrawn in place and Done ends its line.
+func TestProgressBarOnTerminal(t *testing.T) {
+	var b bytes.Buffer
+	p := &progress{w: &b, tty: true, width: 60}
+	p.Step(1, 4, "resolving")
+	p.Step(4, 4, "done")
+	p.Done()
+	p.Done() // no second newline
+	want := "\r\x1b[K[######..................] 1/4 resolving" +
+		"\r\x1b[K[########################] 4/4 done\n"
+	if b.String() != want {
+		t.Fatalf("got %q, want %q", b.String(), want)
+	}
+}
