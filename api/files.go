@@ -50,7 +50,7 @@ func (s *Server) putFile(w http.ResponseWriter, r *http.Request) {
 	if p := r.URL.Query().Get("perm"); p != "" {
 		v, err := strconv.ParseUint(p, 8, 32)
 		if err != nil || v > 0o7777 {
-			writeError(w, &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "put-file", VM: id, Err: fmt.Errorf("perm %q: want octal like 0644", p)}, 0)
+			writeError(w, &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "put-file", VM: id, Err: fmt.Errorf("perm %q: want octal like 0644", clip(p))}, 0)
 			return
 		}
 		opts.Perm = fs.FileMode(v)

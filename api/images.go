@@ -109,7 +109,7 @@ func badImage(op string, f string, a ...any) error {
 func absPaths(op string, paths map[string]string) error {
 	for field, p := range paths {
 		if p != "" && !filepath.IsAbs(p) {
-			return badImage(op, "%s %q must be an absolute host path", field, p)
+			return badImage(op, "%s %q must be an absolute host path", field, clip(p))
 		}
 	}
 	return nil
@@ -118,7 +118,7 @@ func absPaths(op string, paths map[string]string) error {
 func (r BuildImageRequest) validate() error {
 	const op = "image build"
 	if r.Recipe != "default" {
-		return badImage(op, "unknown recipe %q (only \"default\")", r.Recipe)
+		return badImage(op, "unknown recipe %q (only \"default\")", clip(r.Recipe))
 	}
 	if r.Name != "" {
 		if err := hearth.ValidateImageName(r.Name); err != nil {
@@ -235,7 +235,7 @@ func (s *Server) verifyImage(w http.ResponseWriter, r *http.Request) {
 	case "true":
 		cached = true
 	default:
-		writeError(w, badImage("image verify", "cached %q: want true or false", v), 0)
+		writeError(w, badImage("image verify", "cached %q: want true or false", clip(v)), 0)
 		return
 	}
 	checks, err := imgs.Verify(r.Context(), name, cached)

@@ -186,7 +186,8 @@ func (s *Server) handle(pattern string, h http.HandlerFunc) {
 }
 
 // checkPathNames refuses a request whose {id} or {name} path segment is
-// not a valid VM id or snapshot name with 400 before h runs. A runtime
+// not a valid VM id, snapshot name or (under /v1/images/) image name with
+// 400 before h runs. A runtime
 // would only answer "not found" for them, but an id like "../x" (sent as
 // "..%2Fx") or a megabyte of text is bad input, and is reported as such
 // before anything is looked up.
@@ -201,7 +202,11 @@ func checkPathNames(pattern string, h http.HandlerFunc) http.HandlerFunc {
 			err = hearth.ValidateID(r.PathValue("id"))
 		}
 		if hasName && err == nil {
-			err = hearth.ValidateSnapshotName(r.PathValue("name"))
+			if strings.HasPrefix(pattern, "/v1/images/") {
+				err = hearth.ValidateImageName(r.PathValue("name"))
+			} else {
+				err = hearth.ValidateSnapshotName(r.PathValue("name"))
+			}
 		}
 		if err != nil {
 			writeError(w, &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "path", Err: err}, 0)
@@ -226,6 +231,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.log.Debug("api", "method", r.Method, "path", r.URL.Path, "status", sw.status, "took", time.Since(t0))
 }
 
+// clip shortens a rejected value quoted in an error message: a query
+// parameter may hold a megabyte, and the answer should not echo it.
+func clip(s string) string {
+	const max = 80
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "…"
+}
+
 // noRoute answers a request no route matches as the mux would (404, or
 // 405 with Allow), but with an error envelope like every other error, so
 // that clients decode it instead of failing on "404 page not found".
@@ -242,12 +257,8 @@ func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
 	if allow := cw.header.Get("Allow"); allow != "" {
 		w.Header().Set("Allow", allow)
 	}
-	path := r.URL.Path
-	if len(path) > 200 {
-		path = path[:200] + "…"
-	}
 	writeError(w, &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "route",
-		Err: fmt.Errorf("%s %q: %s", r.Method, path, strings.ToLower(http.StatusText(cw.status)))}, cw.status)
+		Err: fmt.Errorf("%s %q: %s", r.Method, clip(r.URL.Path), strings.ToLower(http.StatusText(cw.status)))}, cw.status)
 }
 
 // captureWriter holds a small response in memory.
@@ -363,7 +374,7 @@ func labelFilter(r *http.Request) (func(map[string]string) bool, error) {
 	for _, l := range r.URL.Query()["label"] {
 		k, v, hasV := strings.Cut(l, "=")
 		if k == "" {
-			return nil, &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "list", Err: fmt.Errorf("label filter %q: want key or key=value", l)}
+			return nil, &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "list", Err: fmt.Errorf("label filter %q: want key or key=value", clip(l))}
 		}
 		if !hasV {
 			v = "\x00any"
@@ -388,7 +399,7 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if st := r.URL.Query().Get("status"); st != "" && !hearth.Status(st).Valid() {
-		writeError(w, &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "list", Err: fmt.Errorf("unknown status %q", st)}, 0)
+		writeError(w, &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "list", Err: fmt.Errorf("unknown status %q", clip(st))}, 0)
 		return
 	}
 	views, err := s.rt.List(r.Context())
@@ -577,7 +588,7 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 	if v := r.URL.Query().Get("tail"); v != "" {
 		var err error
 		if n, err = strconv.Atoi(v); err != nil || n < 0 || n > 100000 {
-			writeError(w, &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "console", VM: id, Err: fmt.Errorf("tail %q: want 0-100000", v)}, 0)
+			writeError(w, &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "console", VM: id, Err: fmt.Errorf("tail %q: want 0-100000", clip(v))}, 0)
 			return
 		}
 	}
