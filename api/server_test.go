@@ -311,20 +311,31 @@ func TestEveryKindMapsToStatus(t *testing.T) {
 			}
 			srv := api.NewServer(errRuntime{err: &hearth.Error{Kind: k, Op: "start", VM: "v", Err: cause}}, api.Options{})
 			hs := &http.Server{Handler: srv}
-			l, err := net.Listen("tcp", "127.0.0.1:0")
+			sock := filepath.Join(shortTemp(t), "api.sock")
+			l, err := net.Listen("unix", sock)
 			if err != nil {
 				t.Fatal(err)
 			}
 			go hs.Serve(l)
 			defer hs.Close()
-			c := client.NewTCP(l.Addr().String(), "")
+			c := client.New(sock)
+			defer c.Close()
 			_, err = c.Start(context.Background(), "v")
+			// The status on the wire, not only the mapping.
+			req, _ := http.NewRequest("POST", "http://hearth/v1/vms/v/start", nil)
+			resp, rerr := (&http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+			}}}).Do(req)
+			if rerr != nil {
+				t.Fatal(rerr)
+			}
+			resp.Body.Close()
 			exp, ok := want[k]
 			if !ok {
 				exp = 500
 			}
-			if got := api.StatusOf(k); got != exp {
-				t.Fatalf("StatusOf = %d, want %d", got, exp)
+			if got := api.StatusOf(k); got != exp || resp.StatusCode != exp {
+				t.Fatalf("StatusOf = %d, on the wire %d, want %d", got, resp.StatusCode, exp)
 			}
 			if hearth.KindOf(err) != k {
 				t.Fatalf("client saw kind %s: %v", hearth.KindOf(err), err)
