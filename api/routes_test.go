@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -467,4 +468,52 @@ func shortTemp(t *testing.T) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(d) })
 	return d
+}
+
+// TestConcurrentRateLimitChanges has many clients change one VM's limits
+// at once, over separate connections: every change succeeds, and the
+// record ends equal to one of them (changes are serialised per VM, never
+// interleaved).
+func TestConcurrentRateLimitChanges(t *testing.T) {
+	ctx := context.Background()
+	e := serve(t)
+	data := filepath.Join(t.TempDir(), "data.img")
+	os.WriteFile(data, make([]byte, 4096), 0o600)
+	spec := e.spec
+	spec.Drives = []hearth.DriveSpec{{ID: "data", Path: data}}
+	if _, err := e.c.CreateAndStart(ctx, "vm1", spec); err != nil {
+		t.Fatal(err)
+	}
+	const n = 16
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := 1; i <= n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			c := client.New(e.socket)
+			defer c.Close()
+			rl := &hearth.RateLimit{Ops: &hearth.TokenBucket{Size: int64(i), RefillTimeMs: int64(i)}, Bandwidth: &hearth.TokenBucket{Size: int64(i) << 10, RefillTimeMs: int64(i)}}
+			if _, err := c.SetRateLimits(ctx, "vm1", hearth.RateLimits{Drives: []hearth.DriveRateLimit{{ID: "data", RateLimit: rl}}}); err != nil {
+				errs <- err
+			}
+			if _, err := c.Get(ctx, "vm1"); err != nil {
+				errs <- err
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	v, err := e.c.Get(ctx, "vm1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rl := v.Spec.Drives[0].RateLimit
+	if rl == nil || rl.Ops == nil || rl.Bandwidth == nil || rl.Ops.Size < 1 || rl.Ops.Size > n ||
+		rl.Ops.RefillTimeMs != rl.Ops.Size || rl.Bandwidth.Size != rl.Ops.Size<<10 {
+		t.Fatalf("final limit is not one of the requests: %+v", rl)
+	}
 }
