@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/hearth-vm/hearth"
+	"github.com/hearth-vm/hearth/agent"
 	"github.com/hearth-vm/hearth/api"
 	"github.com/hearth-vm/hearth/api/client"
 	"github.com/spf13/cobra"
@@ -568,7 +570,8 @@ func cpCmd(g *globals) *cobra.Command {
 		Long: `Copy a file between the host and a running VM through its guest agent.
 One side is VM:PATH (an absolute path in the guest), the other a host path or
 "-" for standard input or output. Files go in atomically and keep the host
-file's permission bits.`,
+file's permission bits; a host directory as destination receives the file
+under its guest name.`,
 		Example: `  hearth cp ./job.py sandbox-1:/work/job.py
   hearth cp sandbox-1:/work/out.json ./out.json`,
 		Args: cobra.ExactArgs(2),
@@ -581,25 +584,61 @@ file's permission bits.`,
 			if (srcVM == "") == (dstVM == "") {
 				return bad("exactly one side must be VM:PATH")
 			}
+			// Both sides are checked before the daemon is asked anything:
+			// bad input is reported as such (exit 2) and leaves nothing
+			// behind, daemon or not.
+			vm, guest := dstVM, dst
+			if srcVM != "" {
+				vm, guest = srcVM, src
+			}
+			if err := hearth.ValidateID(vm); err != nil {
+				return bad("%v", err)
+			}
+			abs, _, err := agent.CleanPath(guest)
+			if err != nil {
+				return bad("guest path: %v", err)
+			}
+			var in *os.File
+			if dstVM != "" && src != "-" {
+				if in, err = os.Open(src); err != nil {
+					return bad("%v", err)
+				}
+				defer in.Close()
+				if fi, err := in.Stat(); err != nil {
+					return bad("%v", err)
+				} else if fi.IsDir() {
+					return bad("%s is a directory", src)
+				}
+			}
+			if srcVM != "" && dst != "-" {
+				// Like cp, a directory receives the file under the guest
+				// file's name. That name is one clean path element (no
+				// "/", no ".."), so it cannot lead out of the directory.
+				if fi, err := os.Stat(dst); err == nil && fi.IsDir() {
+					base := path.Base(abs)
+					if base == "/" {
+						return bad("the guest path %s names no file", guest)
+					}
+					dst = filepath.Join(dst, base)
+				}
+				if fi, err := os.Stat(filepath.Dir(dst)); err != nil || !fi.IsDir() {
+					return bad("%s: the host directory does not exist", filepath.Dir(dst))
+				}
+			}
 			c, err := daemon(cmd.Context(), g)
 			if err != nil {
 				return err
 			}
 			if dstVM != "" {
-				in, size, perm := io.Reader(cmd.InOrStdin()), int64(-1), os.FileMode(0o644)
-				if src != "-" {
-					f, err := os.Open(src)
+				r, size, perm := io.Reader(cmd.InOrStdin()), int64(-1), os.FileMode(0o644)
+				if in != nil {
+					fi, err := in.Stat()
 					if err != nil {
 						return bad("%v", err)
 					}
-					defer f.Close()
-					fi, err := f.Stat()
-					if err != nil {
-						return bad("%v", err)
-					}
-					in, size, perm = f, fi.Size(), fi.Mode().Perm()
+					r, size, perm = in, fi.Size(), fi.Mode().Perm()
 				}
-				_, err := c.PutFile(cmd.Context(), dstVM, dst, in, size, perm)
+				_, err := c.PutFile(cmd.Context(), dstVM, dst, r, size, perm)
 				return err
 			}
 			if dst == "-" {
