@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -111,6 +112,16 @@ func resNewEnv(t testing.TB, rootfsBytes int) *resEnv {
 	if err := os.Mkdir(e.agentRoot, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// A test that failed half way may leave VMs of a closed runtime:
+	// their processes (started by this test) go before the files.
+	t.Cleanup(func() {
+		for _, pid := range e.vmmProcs() {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		for _, pid := range resProcs(func(exe string) bool { return exe == agentBin }) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
 	// Every simulator runs hearth-agent as its guest: a host process that
 	// reads its token from the kernel command line hearth hands the
 	// guest. Its files live outside the VM's directory, which destroy
@@ -150,6 +161,16 @@ func (e *resEnv) open(t testing.TB, cfg func(*hearth.Config), fc func(*firecrack
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		// After a failure: whatever the test left running goes (on a
+		// closed runtime this does nothing, and resNewEnv's cleanup
+		// kills the processes).
+		views, _ := rt.List(context.Background())
+		for _, v := range views {
+			rt.Destroy(context.Background(), v.ID)
+		}
+		rt.Close()
+	})
 	return rt
 }
 
