@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hearth-vm/hearth/network"
 	"github.com/hearth-vm/hearth/store"
 	"github.com/hearth-vm/hearth/vmm"
 )
@@ -201,6 +202,14 @@ func (r *Runtime) reclaim(owned map[string]bool) error {
 		return newErr(KindStatePoisoned, op, "", err)
 	}
 	for _, pool := range pools {
+		if strings.HasPrefix(pool, network.PoolPrefix) {
+			// Network slots are held by the VM's network resource (or by
+			// the slot pool), not by an alloc resource: releasing them
+			// here would free the slots of running VMs, and the network
+			// reconcile below would then tear down their namespaces. That
+			// reconcile decides which slots are free.
+			continue
+		}
 		allocs, err := r.st.Allocations(pool)
 		if err != nil {
 			return newErr(KindStatePoisoned, op, "", err)

@@ -174,4 +174,10 @@ func (c *Config) slotRange() (lo, hi uint64) {
 	return 0, n - 1
 }
 
-func (c *Config) poolName() string { return "net." + string(c.Mode) }
+// PoolPrefix starts the names of the allocation pools of network slots
+// (one per mode). The manager owns them: a slot is held by its owner's
+// key, or by the slot pool, never by a generic allocation record, so only
+// Reconcile may decide which are free.
+const PoolPrefix = "net."
+
+func (c *Config) poolName() string { return PoolPrefix + string(c.Mode) }

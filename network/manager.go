@@ -31,10 +31,15 @@ type Manager struct {
 	nl     *netlink.Handle // netlink sockets inside the host namespace
 	egress string
 
-	mu     sync.Mutex // serialises allocation and the pool
-	pool   []uint64
-	closed bool
-	purged bool
+	mu   sync.Mutex // serialises allocation and the pool
+	pool []uint64
+	// building holds the slots Fill has allocated to the pool and is
+	// still building: Reconcile must neither adopt them (Fill adds them
+	// when built; adopting too would pool a slot twice, and two VMs would
+	// be handed the same slot) nor tear them down under Fill's feet.
+	building map[uint64]bool
+	closed   bool
+	purged   bool
 
 	refill chan struct{}
 	stop   chan struct{}
@@ -440,6 +445,8 @@ func (m *Manager) Reconcile(ctx context.Context, owned func(owner string) bool) 
 		o := allocs[s]
 		keep := false
 		switch {
+		case o == poolOwner && m.building[s]:
+			keep = true // Fill pools it once built
 		case o == poolOwner:
 			keep = m.intact(s)
 			if keep && !inPool[s] && len(m.pool) < m.cfg.PoolSize {
@@ -468,9 +475,9 @@ func (m *Manager) Reconcile(ctx context.Context, owned func(owner string) bool) 
 	// not tear down a running VM's links.
 	other := map[uint64]string{}
 	if m.cfg.Mode == ModeNetNS {
-		other, _ = m.alloc.Allocations("net." + string(ModeBridge))
+		other, _ = m.alloc.Allocations(PoolPrefix + string(ModeBridge))
 	} else {
-		other, _ = m.alloc.Allocations("net." + string(ModeNetNS))
+		other, _ = m.alloc.Allocations(PoolPrefix + string(ModeNetNS))
 	}
 	held := func(kind string, s uint64) bool {
 		mine := (kind == "veth" || kind == "netns") == (m.cfg.Mode == ModeNetNS)
@@ -538,15 +545,25 @@ func (m *Manager) Fill(ctx context.Context) error {
 		}
 		lo, hi := m.cfg.slotRange()
 		s, err := m.alloc.Allocate(m.cfg.poolName(), lo, hi, poolOwner)
+		if err == nil {
+			if m.building == nil {
+				m.building = map[uint64]bool{}
+			}
+			m.building[s] = true
+		}
 		m.mu.Unlock()
 		if err != nil {
 			return setupErr("fill pool", err)
 		}
 		if err := m.build(s); err != nil {
+			m.mu.Lock()
+			delete(m.building, s)
+			m.mu.Unlock()
 			m.release(s)
 			return setupErr("fill pool", fmt.Errorf("slot %d: %w", s, err))
 		}
 		m.mu.Lock()
+		delete(m.building, s)
 		if m.closed {
 			m.mu.Unlock()
 			// Close raced the build: the slot stays allocated to the pool

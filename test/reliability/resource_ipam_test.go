@@ -76,14 +76,14 @@ func TestResourceIPAMExhausted(t *testing.T) {
 			w := nstest.NewWorld(t)
 			nsDir := filepath.Join(w.Dir, "vmns")
 			e := resNewEnv(t, 1<<20)
-			rt := e.open(t, func(c *hearth.Config) {
+			netCfg := func(c *hearth.Config) {
 				c.Network = &hearth.NetworkConfig{
 					Network: network.Config{Mode: network.ModeNetNS, HostNS: w.Host.Path, NetNSDir: nsDir,
 						EgressIface: nstest.EgressIface, Subnet: resNetSubnet, PoolSize: pool},
 					Firewall: firewall.NFTables,
 				}
-			}, nil)
-			defer rt.Close()
+			}
+			rt := e.open(t, netCfg, nil)
 			spec := e.spec(true)
 			spec.Network = &hearth.NetworkSpec{Allow: []string{"tcp:198.18.1.10/32:443"}}
 
@@ -110,6 +110,20 @@ func TestResourceIPAMExhausted(t *testing.T) {
 			}
 			e.checkLive(t, rt, ids...)
 			resServes(t, rt, "n0")
+
+			// A restart adopts the VMs with their slots: the pool is as
+			// full as before and nothing on the host changed.
+			rt.Close()
+			rt = e.open(t, netCfg, nil)
+			if rep := rt.Reconciled(); len(rep.Adopted) != resNetSlots {
+				t.Fatalf("after a restart: %+v", rep)
+			}
+			_, err = rt.Create(ctx, "over", spec)
+			resWantErr(t, err, hearth.KindNetworkConfig, "exhausted")
+			if after := resNetState(t, w, nsDir); !resNetEqual(before, after) {
+				t.Fatalf("a restart changed the host:\nbefore %+v\nafter  %+v", before, after)
+			}
+			resServes(t, rt, "n1")
 
 			// Room again: the freed slot serves the next VM.
 			if err := rt.Destroy(ctx, "n3"); err != nil {
