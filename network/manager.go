@@ -38,6 +38,7 @@ type Manager struct {
 	// when built; adopting too would pool a slot twice, and two VMs would
 	// be handed the same slot) nor tear them down under Fill's feet.
 	building map[uint64]bool
+	built    sync.Cond // on mu (set on first wait); broadcast when a build ends
 	closed   bool
 	purged   bool
 
@@ -257,34 +258,43 @@ func (m *Manager) Attach(ctx context.Context, owner string) (*Attachment, error)
 func (m *Manager) take(owner string) (slot uint64, prebuilt bool, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.closed {
-		return 0, false, setupErr("attach", errors.New("manager closed"))
-	}
 	pool := m.cfg.poolName()
-	for len(m.pool) > 0 {
-		s := m.pool[0]
-		m.pool = m.pool[1:]
-		// Re-own the pooled slot: release and take back exactly that
-		// value. Allocation is serialised by m.mu, so no one can take it
-		// in between.
-		if err := m.alloc.Release(pool, s); err != nil {
-			return 0, false, setupErr("attach", fmt.Errorf("release pooled slot %d: %w", s, err))
+	for {
+		if m.closed {
+			return 0, false, setupErr("attach", errors.New("manager closed"))
 		}
-		if _, err := m.alloc.Allocate(pool, s, s, owner); err != nil {
-			go m.teardown(s)
+		for len(m.pool) > 0 {
+			s := m.pool[0]
+			m.pool = m.pool[1:]
+			// Re-own the pooled slot: release and take back exactly that
+			// value. Allocation is serialised by m.mu, so no one can take
+			// it in between.
+			if err := m.alloc.Release(pool, s); err != nil {
+				return 0, false, setupErr("attach", fmt.Errorf("release pooled slot %d: %w", s, err))
+			}
+			if _, err := m.alloc.Allocate(pool, s, s, owner); err != nil {
+				go m.teardown(s)
+				continue
+			}
+			return s, true, nil
+		}
+		lo, hi := m.cfg.slotRange()
+		s, err := m.alloc.Allocate(pool, lo, hi, owner)
+		if err == nil {
+			return s, false, nil
+		}
+		if !errors.Is(err, ErrPoolFull) && !errors.Is(err, store.ErrFull) {
+			return 0, false, setupErr("attach", fmt.Errorf("allocate slot: %w", err))
+		}
+		if len(m.building) > 0 {
+			// The last free slots are the pool's, still being built:
+			// wait for them rather than call a network with room full.
+			m.built.L = &m.mu
+			m.built.Wait()
 			continue
 		}
-		return s, true, nil
+		return 0, false, configErr("attach", "subnet", fmt.Errorf("%v: %w (%d slots): %w", m.cfg.Subnet, ErrExhausted, hi-lo+1, err))
 	}
-	lo, hi := m.cfg.slotRange()
-	s, err := m.alloc.Allocate(pool, lo, hi, owner)
-	if err != nil {
-		if errors.Is(err, ErrPoolFull) || errors.Is(err, store.ErrFull) {
-			return 0, false, configErr("attach", "subnet", fmt.Errorf("%v: %w (%d slots): %w", m.cfg.Subnet, ErrExhausted, hi-lo+1, err))
-		}
-		return 0, false, setupErr("attach", fmt.Errorf("allocate slot: %w", err))
-	}
-	return s, false, nil
 }
 
 func (m *Manager) release(s uint64) {
@@ -556,14 +566,16 @@ func (m *Manager) Fill(ctx context.Context) error {
 			return setupErr("fill pool", err)
 		}
 		if err := m.build(s); err != nil {
+			m.release(s)
 			m.mu.Lock()
 			delete(m.building, s)
+			m.built.Broadcast()
 			m.mu.Unlock()
-			m.release(s)
 			return setupErr("fill pool", fmt.Errorf("slot %d: %w", s, err))
 		}
 		m.mu.Lock()
 		delete(m.building, s)
+		m.built.Broadcast()
 		if m.closed {
 			m.mu.Unlock()
 			// Close raced the build: the slot stays allocated to the pool

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/nftables"
@@ -16,6 +17,8 @@ import (
 	"github.com/hearth-vm/hearth/firewall"
 	"github.com/hearth-vm/hearth/network"
 	"github.com/hearth-vm/hearth/network/nstest"
+	"github.com/hearth-vm/hearth/vmm"
+	"github.com/hearth-vm/hearth/vmm/memvmm"
 )
 
 // resNetSlots is the room of the tests' address pool: a /28 holds four
@@ -157,4 +160,74 @@ func TestResourceIPAMExhausted(t *testing.T) {
 
 func resNetEqual(a, b resNetHost) bool {
 	return slices.Equal(a.namespaces, b.namespaces) && slices.Equal(a.veths, b.veths) && slices.Equal(a.chains, b.chains)
+}
+
+// TestResourceIPAMRace races three times as many creates as the network
+// has slots, on the in-memory backend (a VMM process adds nothing to
+// address allocation) with a slot pool refilling underneath: exactly as
+// many succeed as there are slots, every other create fails with the
+// exhausted error, no two VMs share a slot (each has its own firewall
+// chain), and after the VMs are destroyed nothing they held is left.
+func TestResourceIPAMRace(t *testing.T) {
+	nstest.RequireRoot(t)
+	ctx := context.Background()
+	w := nstest.NewWorld(t)
+	nsDir := filepath.Join(w.Dir, "vmns")
+	e := resNewEnv(t, 1<<20)
+	rt, err := hearth.Open(ctx, hearth.Config{StateDir: e.state, Backends: []vmm.Backend{memvmm.New()},
+		Network: &hearth.NetworkConfig{
+			Network: network.Config{Mode: network.ModeNetNS, HostNS: w.Host.Path, NetNSDir: nsDir,
+				EgressIface: nstest.EgressIface, Subnet: resNetSubnet, PoolSize: 2},
+			Firewall: firewall.NFTables,
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	spec := hearth.Spec{Kernel: e.kernel, Rootfs: e.rootfs, RootfsReadOnly: true, MemoryMiB: 32}
+
+	var wg sync.WaitGroup
+	errs := make([]error, 3*resNetSlots)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = resUp(ctx, rt, fmt.Sprintf("r%d", i), spec)
+		}()
+	}
+	wg.Wait()
+	var live []string
+	for i, err := range errs {
+		if err == nil {
+			live = append(live, fmt.Sprintf("r%d", i))
+			continue
+		}
+		resWantErr(t, err, hearth.KindNetworkConfig, "exhausted")
+	}
+	if len(live) != resNetSlots {
+		t.Fatalf("%d creates succeeded for %d slots", len(live), resNetSlots)
+	}
+	h := resNetState(t, w, nsDir)
+	if len(h.chains) != resNetSlots || len(h.veths) != resNetSlots || len(h.namespaces) != resNetSlots {
+		t.Fatalf("%d VMs hold %+v", resNetSlots, h)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.state, "vms")); len(ents) != resNetSlots {
+		t.Fatalf("VM directories: %v", names(ents))
+	}
+	for _, id := range live {
+		if err := rt.Destroy(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if views, _ := rt.List(ctx); len(views) != 0 {
+		t.Fatalf("VMs left: %v", views)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.state, "vms")); len(ents) != 0 {
+		t.Fatalf("VM directories left: %v", names(ents))
+	}
+	if h := resNetState(t, w, nsDir); len(h.chains) != 0 || len(h.veths) > 2 {
+		t.Fatalf("left after every VM was destroyed: %+v", h)
+	}
+	rt.Close()
+	e.checkStoreEmpty(t)
 }
