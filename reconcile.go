@@ -185,10 +185,10 @@ func (r *Runtime) reclaim(owned map[string]bool) error {
 		r.report.Reclaimed = append(r.report.Reclaimed, "dir "+p)
 	}
 	// An allocation is owned when a record lists it among its resources,
-	// or names an owned VM's key as its owner (keys survive renames).
-	// The network manager's slots are its own to reconcile below: a VM
-	// holds its slot through its attachment, and spare slots belong to
-	// the manager's pool.
+	// or names an owned VM's key as its owner (keys survive renames): a
+	// VM holds its network slot through its attachment, not as an alloc
+	// resource, and releasing that slot here would make the network
+	// manager tear down a running VM's namespace.
 	held := map[string]bool{}
 	for _, e := range r.vms {
 		for _, res := range e.rec.Resources {
@@ -213,9 +213,6 @@ func (r *Runtime) reclaim(owned map[string]bool) error {
 		allocs, err := r.st.Allocations(pool)
 		if err != nil {
 			return newErr(KindStatePoisoned, op, "", err)
-		}
-		if r.net != nil && pool == r.net.Pool() {
-			continue
 		}
 		for v, owner := range allocs {
 			if held[pool+"/"+strconv.FormatUint(v, 10)] || owned[owner] {

@@ -126,12 +126,6 @@ func New(cfg Config, alloc Allocator) (*Manager, error) {
 // Config returns the effective configuration (defaults filled in).
 func (m *Manager) Config() Config { return m.cfg }
 
-// Pool names the allocation pool of the manager's slots in the store.
-// Only the manager (Reconcile) decides which of them are stale: a slot
-// is held by a VM's attachment or by the manager's own pool of spare
-// slots, neither of which is a plain allocation a caller can see.
-func (m *Manager) Pool() string { return m.cfg.poolName() }
-
 // EgressIface returns the interface guests' traffic is masqueraded to.
 func (m *Manager) EgressIface() string { return m.egress }
 
