@@ -185,10 +185,8 @@ func (r *Runtime) reclaim(owned map[string]bool) error {
 		r.report.Reclaimed = append(r.report.Reclaimed, "dir "+p)
 	}
 	// An allocation is owned when a record lists it among its resources,
-	// or names an owned VM's key as its owner (keys survive renames): a
-	// VM holds its network slot through its attachment, not as an alloc
-	// resource, and releasing that slot here would make the network
-	// manager tear down a running VM's namespace.
+	// or names an owned VM's key as its owner (keys survive renames, and
+	// a resource a newer runtime holds some other way stays held).
 	held := map[string]bool{}
 	for _, e := range r.vms {
 		for _, res := range e.rec.Resources {
