@@ -182,6 +182,10 @@ func New(cfg Config) (*Server, error) {
 
 type connKey struct{}
 
+// DefaultPath is the PATH of processes the agent starts when it has none,
+// and the one it sets as the guest's init.
+const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 // DefaultBaseEnv filters an environment for exec'd processes: the
 // agent's own HEARTH_* settings stay private, PATH and HOME get defaults.
 func DefaultBaseEnv(environ []string) []string {
@@ -200,7 +204,7 @@ func DefaultBaseEnv(environ []string) []string {
 		out = append(out, kv)
 	}
 	if !hasPath {
-		out = append(out, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+		out = append(out, "PATH="+DefaultPath)
 	}
 	if !hasHome {
 		out = append(out, "HOME=/root")

@@ -180,6 +180,10 @@ func parseLevel(s string) slog.Level {
 func runInit(o *options, cl *guestinit.Cmdline, argv []string, log *slog.Logger) int {
 	log = log.With("role", "init")
 	log.Info("hearth-agent starting as init", "version", version)
+	// The initramfs hands over a PATH of /bin alone; as init, set the
+	// usual one, which everything the agent starts inherits (commands in
+	// /sbin and /usr/bin are found by name).
+	os.Setenv("PATH", server.DefaultPath)
 	if err := guestinit.Prepare(guestinit.PrepareConfig{Cmdline: cl, Mount: o.initMount, Log: log}); err != nil {
 		log.Warn("init: preparing the guest", "err", err)
 	}

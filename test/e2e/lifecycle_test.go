@@ -36,6 +36,10 @@ func TestGuestLifecycle(t *testing.T) {
 	if h := execOut(t, rt, "g1", "hostname"); h != "g1" {
 		t.Errorf("hostname %q", h)
 	}
+	// Commands outside /bin are found by name.
+	if a := execOut(t, rt, "g1", "ip", "-o", "link"); !strings.Contains(a, "lo:") {
+		t.Errorf("ip -o link: %q", a)
+	}
 
 	// Pause and resume: the agent answers again.
 	if _, err := rt.Pause(ctx, "g1"); err != nil {
