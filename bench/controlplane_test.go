@@ -121,7 +121,9 @@ func newCPWorld(b *testing.B, netted bool) *cpWorld {
 	os.WriteFile(k, []byte("k"), 0o600)
 	os.WriteFile(r, make([]byte, 1<<20), 0o600)
 	bin := simulator(b)
-	fc, err := firecracker.New(firecracker.Options{Binary: bin, Logger: slog.New(slog.DiscardHandler)})
+	// 100 Go processes starting at once on a loaded 2-core machine can
+	// take longer than the default 5 s to answer.
+	fc, err := firecracker.New(firecracker.Options{Binary: bin, Logger: slog.New(slog.DiscardHandler), ReadyTimeout: time.Minute})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -192,30 +194,33 @@ func (l *latencies) add(o latencies) {
 // queues behind a lock counts its wait, as its caller sees it).
 func wave(b *testing.B, c int, create func(i int) error, destroy func(i int) error) latencies {
 	l := latencies{create: make([]time.Duration, c), destroy: make([]time.Duration, c), n: c}
+	var errs []error
 	run := func(f func(int) error, out []time.Duration) time.Duration {
 		var wg sync.WaitGroup
-		errs := make([]error, c)
+		res := make([]error, c)
 		t0 := time.Now()
 		for i := 0; i < c; i++ {
 			wg.Add(1)
 			go func(i int) {
 				defer wg.Done()
-				errs[i] = f(i)
+				res[i] = f(i)
 				out[i] = time.Since(t0)
 			}(i)
 		}
 		wg.Wait()
-		d := time.Since(t0)
-		if err := errors.Join(errs...); err != nil {
-			b.Fatal(err)
-		}
-		return d
+		errs = append(errs, res...)
+		return time.Since(t0)
 	}
 	self0, kids0 := cpuTimes()
 	l.createWall = run(create, l.create)
 	self1, _ := cpuTimes()
+	// Destroy even after a failed create: the VMMs that did start are
+	// detached processes and would outlive the benchmark.
 	l.destroyWall = run(destroy, l.destroy)
 	_, kids2 := cpuTimes()
+	if err := errors.Join(errs...); err != nil {
+		b.Fatal(err)
+	}
 	l.createCPU, l.vmmCPU = self1-self0, kids2-kids0
 	return l
 }
@@ -547,6 +552,9 @@ func (s *seedBaseline) configure(vm *seedVM) error {
 // does not ask the guest either), removes the chain and the TAP, and
 // deletes the VM's directory.
 func (s *seedBaseline) destroy(vm *seedVM) error {
+	if vm == nil {
+		return nil // its create failed before making anything
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var errs []error
