@@ -8,7 +8,7 @@ import (
 )
 
 const sample = `goos: linux
-BenchmarkControlPlane/bare/c1-2   1  2783640170 ns/op  47.68 create-p50-ms  8.372 overhead-p50-ms  10.47 overhead-p99-ms  39.31 seed-create-p50-ms
+BenchmarkControlPlane/bare/c1-2   1  2783640170 ns/op  47.68 create-p50-ms  8.372 own-create-p50-ms  10.47 own-create-p99-ms  3 overhead-p50-ms  39.31 seed-create-p50-ms
 BenchmarkControlPlane/bare/c100-2   1  2783640170 ns/op  9.5 x-one-create  7.25 x-one-create-cpu-floor
 BenchmarkRuntimeConcurrency-2        5   281631528 ns/op  78.17 100-creates-ms  8.211 one-create-ms  9.520 x-one-create
 BenchmarkDaemonScale/firecracker-200-2   1  1 ns/op  150 rss-KiB/vm
@@ -37,7 +37,7 @@ func TestReport(t *testing.T) {
 		}
 	}
 	want := map[string]bool{
-		"BenchmarkControlPlane/bare/c1 overhead-p50-ms": false, "BenchmarkControlPlane/bare/c1 overhead-p99-ms": true,
+		"BenchmarkControlPlane/bare/c1 own-create-p50-ms": false, "BenchmarkControlPlane/bare/c1 own-create-p99-ms": true,
 		"BenchmarkControlPlane/bare/c100 x-one-create": false, "BenchmarkRuntimeConcurrency x-one-create": false,
 		"BenchmarkDaemonScale/firecracker rss-KiB/vm": true,
 	}
@@ -60,13 +60,13 @@ func TestReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	md, _ := os.ReadFile(filepath.Join(dir, "report.md"))
-	for _, w := range []string{"**no**", "overhead-p50-ms", "x-one-create-cpu-floor", "| hearth create | 3 | 2 |"} {
+	for _, w := range []string{"**no**", "own-create-p50-ms", "x-one-create-cpu-floor", "| hearth create | 3 | 2 |"} {
 		if !strings.Contains(string(md), w) {
 			t.Fatalf("markdown lacks %q:\n%s", w, md)
 		}
 	}
 	svg, _ := os.ReadFile(filepath.Join(dir, "report.svg"))
-	if !strings.HasPrefix(string(svg), "<svg") || strings.Count(string(svg), `fill="#`) != 6 || strings.Count(string(svg), "<polyline") != 2 {
+	if !strings.HasPrefix(string(svg), "<svg") || strings.Count(string(svg), `fill="#`) != 7 || strings.Count(string(svg), "<polyline") != 2 {
 		t.Fatalf("svg:\n%s", svg)
 	}
 	if _, err := build(strings.NewReader("no results\n")); err == nil {
