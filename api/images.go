@@ -250,30 +250,22 @@ func (s *Server) verifyImage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) buildImage(w http.ResponseWriter, r *http.Request) {
-	imgs, ok := s.images(w)
-	if !ok {
-		return
-	}
-	var req BuildImageRequest
-	if err := decode(w, r, &req); err != nil {
-		writeError(w, err, 0)
-		return
-	}
-	if err := req.validate(); err != nil {
-		writeError(w, err, 0)
-		return
-	}
-	st := newProgressStream(w)
-	res, err := imgs.Build(r.Context(), req, st.progress)
-	st.finish(http.StatusCreated, res, err)
+	longImageOp(s, w, r, Images.Build)
 }
 
 func (s *Server) importImage(w http.ResponseWriter, r *http.Request) {
+	longImageOp(s, w, r, Images.Import)
+}
+
+// longImageOp decodes and validates a build or import request, then runs
+// it with its progress streamed (see progressStream); 201 on success.
+func longImageOp[Req interface{ validate() error }, Res any](s *Server, w http.ResponseWriter, r *http.Request,
+	op func(Images, context.Context, Req, func(Progress)) (Res, error)) {
 	imgs, ok := s.images(w)
 	if !ok {
 		return
 	}
-	var req ImportImageRequest
+	var req Req
 	if err := decode(w, r, &req); err != nil {
 		writeError(w, err, 0)
 		return
@@ -283,8 +275,8 @@ func (s *Server) importImage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st := newProgressStream(w)
-	im, err := imgs.Import(r.Context(), req, st.progress)
-	st.finish(http.StatusCreated, im, err)
+	res, err := op(imgs, r.Context(), req, st.progress)
+	st.finish(http.StatusCreated, res, err)
 }
 
 // progressStream answers a long operation. The stream starts with the

@@ -69,7 +69,7 @@ func TestLoad(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	e := resNewEnv(t, 1<<20)
-	_, agentBin := resBinaries(t)
+	_, agentBin := binaries(t)
 
 	// The netpoller's descriptors are made on first use and kept: make
 	// them before the baseline.

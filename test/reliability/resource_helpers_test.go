@@ -8,13 +8,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -31,45 +29,6 @@ import (
 // VMM process per VM, its guest agent a real host process), and they look
 // for leaks from the outside — processes, files under the state dir, the
 // store's records and allocations, the test process's descriptors.
-
-var (
-	resBinOnce  sync.Once
-	resSimBin   string
-	resAgentBin string
-	resBinErr   error
-)
-
-// resBinaries builds the simulator (named firecracker, as the backend
-// expects) and the guest agent once per test binary. The simulator has a
-// "jailer" link beside it, so it can play the jailer too.
-func resBinaries(t testing.TB) (sim, agentBin string) {
-	t.Helper()
-	resBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "hres-bin")
-		if err != nil {
-			resBinErr = err
-			return
-		}
-		resSimBin = filepath.Join(dir, "firecracker")
-		resAgentBin = filepath.Join(dir, "hearth-agent")
-		for _, b := range []struct{ out, pkg string }{
-			{resSimBin, "../../cmd/hearth-fcsim"},
-			{resAgentBin, "../../cmd/hearth-agent"},
-		} {
-			cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				resBinErr = fmt.Errorf("build %s: %v\n%s", b.pkg, err, out)
-				return
-			}
-		}
-		resBinErr = os.Symlink(resSimBin, filepath.Join(dir, "jailer"))
-	})
-	if resBinErr != nil {
-		t.Fatal(resBinErr)
-	}
-	return resSimBin, resAgentBin
-}
 
 // resRequireRoot skips tests that mount filesystems, make namespaces,
 // cgroups or jails.
@@ -93,7 +52,7 @@ type resEnv struct {
 // the source rootfs (random, so no copy can skip it as a hole).
 func resNewEnv(t testing.TB, rootfsBytes int) *resEnv {
 	t.Helper()
-	sim, agentBin := resBinaries(t)
+	sim, agentBin := binaries(t)
 	dir, err := os.MkdirTemp("", "hres")
 	if err != nil {
 		t.Fatal(err)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -31,43 +30,6 @@ import (
 // state and a typed error within a deadline, leave the other VMs alone,
 // and leave nothing behind once the VM is destroyed.
 
-var (
-	vfBinOnce  sync.Once
-	vfSimBin   string
-	vfAgentBin string
-	vfBinErr   error
-)
-
-// vfBinaries builds the simulator (named firecracker, as the backend
-// expects) and the guest agent once per test binary.
-func vfBinaries(t testing.TB) (sim, agentBin string) {
-	t.Helper()
-	vfBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "hvf-bin")
-		if err != nil {
-			vfBinErr = err
-			return
-		}
-		vfSimBin = filepath.Join(dir, "firecracker")
-		vfAgentBin = filepath.Join(dir, "hearth-agent")
-		for _, b := range []struct{ out, pkg string }{
-			{vfSimBin, "../../cmd/hearth-fcsim"},
-			{vfAgentBin, "../../cmd/hearth-agent"},
-		} {
-			cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				vfBinErr = fmt.Errorf("build %s: %v\n%s", b.pkg, err, out)
-				return
-			}
-		}
-	})
-	if vfBinErr != nil {
-		t.Fatal(vfBinErr)
-	}
-	return vfSimBin, vfAgentBin
-}
-
 // vfEnv is one test's world: a short directory (unix socket paths are
 // limited) with the kernel, the rootfs, the state dir and the guests'
 // files, and the events the runtime emitted.
@@ -83,7 +45,7 @@ type vfEnv struct {
 
 func vfNewEnv(t *testing.T) *vfEnv {
 	t.Helper()
-	sim, agentBin := vfBinaries(t)
+	sim, agentBin := binaries(t)
 	dir, err := os.MkdirTemp("", "hvf")
 	if err != nil {
 		t.Fatal(err)
