@@ -10,6 +10,7 @@ import (
 )
 
 var (
+	binDir     string
 	binOnce    sync.Once
 	builtSim   string
 	builtAgent string
@@ -28,6 +29,7 @@ func binaries(t testing.TB) (sim, agent string) {
 			buildErr = err
 			return
 		}
+		binDir = dir
 		builtSim = filepath.Join(dir, "firecracker")
 		builtAgent = filepath.Join(dir, "hearth-agent")
 		for _, b := range []struct{ out, pkg string }{
@@ -47,4 +49,14 @@ func binaries(t testing.TB) (sim, agent string) {
 		t.Fatal(buildErr)
 	}
 	return builtSim, builtAgent
+}
+
+// TestMain removes the binaries once every test is done (they outlive
+// each test: VMMs of one test keep running the simulator until it ends).
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
 }
