@@ -168,7 +168,7 @@ func TestLoad(t *testing.T) {
 	report("destroy", d, n, errs)
 
 	e.checkLive(t, rt)
-	resEventually(t, 20*time.Second, "guest agents", func() (bool, string) {
+	eventually(t, 20*time.Second, "guest agents", func() (bool, string) {
 		left := resProcs(func(exe string) bool { return exe == agentBin })
 		return len(left) == 0, fmt.Sprintf("%d still running: %v", len(left), left)
 	})
@@ -177,7 +177,7 @@ func TestLoad(t *testing.T) {
 	}
 	e.checkStoreEmpty(t)
 	resGoroutinesBack(t, g0)
-	resEventually(t, 10*time.Second, "descriptors", func() (bool, string) {
+	eventually(t, 10*time.Second, "descriptors", func() (bool, string) {
 		n := resFDs()
 		return n <= fds0, fmt.Sprintf("%d open, %d before the runtime opened", n, fds0)
 	})

@@ -44,7 +44,7 @@ func TestResourceFDs(t *testing.T) {
 		t.Fatalf("child: %v\n%s", err, out)
 	}
 	t.Logf("child:\n%s", out)
-	resEventually(t, 10*time.Second, "VMM processes after the child", func() (bool, string) {
+	eventually(t, 10*time.Second, "VMM processes after the child", func() (bool, string) {
 		left := e.vmmProcs()
 		return len(left) == 0, fmt.Sprint(left)
 	})

@@ -230,23 +230,6 @@ func resProcs(match func(exe string) bool) []int {
 	return out
 }
 
-// resEventually polls cond until it holds or the deadline passes; a
-// process that was killed takes a moment to be reaped.
-func resEventually(t testing.TB, d time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %s", what, detail)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // checkLive verifies that the runtime holds exactly the VMs want (by id)
 // and nothing more is on the host: one simulator process per live VM and
 // no other, one directory per VM, no snapshot fragment, and only the
@@ -271,11 +254,11 @@ func (e *resEnv) checkLive(t testing.TB, rt *hearth.Runtime, want ...string) {
 	if !slices.Equal(ids, want) {
 		t.Fatalf("VMs %v, want %v", ids, want)
 	}
-	resEventually(t, 10*time.Second, "VMM processes", func() (bool, string) {
+	eventually(t, 10*time.Second, "VMM processes", func() (bool, string) {
 		got := e.vmmProcs()
 		return slices.Equal(got, pids), fmt.Sprintf("running %v, the VMs' are %v", got, pids)
 	})
-	resEventually(t, 10*time.Second, "VM directories", func() (bool, string) {
+	eventually(t, 10*time.Second, "VM directories", func() (bool, string) {
 		ents, _ := os.ReadDir(filepath.Join(e.state, "vms"))
 		return len(ents) == len(want), fmt.Sprintf("%d for %d VMs: %v", len(ents), len(want), names(ents))
 	})

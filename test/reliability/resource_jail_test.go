@@ -100,7 +100,7 @@ func TestResourceJailUIDsExhausted(t *testing.T) {
 		}
 	}
 	e.checkLive(t, rt)
-	resEventually(t, 10*time.Second, "jails", func() (bool, string) {
+	eventually(t, 10*time.Second, "jails", func() (bool, string) {
 		left := resJailLeft(e)
 		return len(left) == 0, fmt.Sprint(left)
 	})

@@ -73,7 +73,7 @@ func TestAgentFrozen(t *testing.T) {
 	// timed-out calls left behind; the agent must serve again soon.
 	var last error
 	thaw := time.Now()
-	vfEventually(t, 30*time.Second, "exec after SIGCONT", func() (bool, string) {
+	eventually(t, 30*time.Second, "exec after SIGCONT", func() (bool, string) {
 		last = vfExec(ctx, rt, "frozen")
 		return last == nil, vfErrString(last)
 	})

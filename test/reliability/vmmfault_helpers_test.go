@@ -185,22 +185,6 @@ func vfWantKind(t *testing.T, err error, kind hearth.Kind, vm string) *hearth.Er
 	return he
 }
 
-// vfEventually polls cond until it holds or d passes.
-func vfEventually(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %s", what, detail)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // vfProcs lists the live (not zombie) processes whose executable is exe,
 // with their parents.
 func vfProcs(exe string) map[int]int {
@@ -234,7 +218,7 @@ func vfProcs(exe string) map[int]int {
 func (e *vfEnv) agentOf(t *testing.T, vmmPid int) int {
 	t.Helper()
 	var pid int
-	vfEventually(t, 10*time.Second, "guest agent process", func() (bool, string) {
+	eventually(t, 10*time.Second, "guest agent process", func() (bool, string) {
 		for p, parent := range vfProcs(e.agentBin) {
 			if parent == vmmPid {
 				pid = p
@@ -255,7 +239,7 @@ func (e *vfEnv) checkClean(t *testing.T, rt *hearth.Runtime) {
 		t.Fatal(err)
 	}
 	for _, bin := range []string{e.sim, e.agentBin} {
-		vfEventually(t, 10*time.Second, "processes left", func() (bool, string) {
+		eventually(t, 10*time.Second, "processes left", func() (bool, string) {
 			var left []int
 			for p := range vfProcs(bin) {
 				// Only this test's: the agent's command line names our dir.

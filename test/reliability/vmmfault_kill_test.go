@@ -35,7 +35,7 @@ func TestVMMKilled(t *testing.T) {
 	}
 	// DESIGN §4 promises a second; the deadline leaves room for a loaded
 	// machine.
-	vfEventually(t, 10*time.Second, "status after kill -9", func() (bool, string) {
+	eventually(t, 10*time.Second, "status after kill -9", func() (bool, string) {
 		v, _ := rt.Get(ctx, "victim")
 		return v.Status == hearth.StatusCrashed, string(v.Status)
 	})
@@ -48,7 +48,7 @@ func TestVMMKilled(t *testing.T) {
 		t.Fatalf("crash event %+v (found %v), want detail %q", ev, ok, v.Exit)
 	}
 	// The guest went with its VMM.
-	vfEventually(t, 10*time.Second, "guest agent of the killed VMM", func() (bool, string) {
+	eventually(t, 10*time.Second, "guest agent of the killed VMM", func() (bool, string) {
 		_, alive := vfProcs(e.agentBin)[agentPid]
 		return !alive, fmt.Sprintf("pid %d alive", agentPid)
 	})

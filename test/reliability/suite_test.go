@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 )
 
 var (
@@ -49,6 +50,23 @@ func binaries(t testing.TB) (sim, agent string) {
 		t.Fatal(buildErr)
 	}
 	return builtSim, builtAgent
+}
+
+// eventually polls cond until it holds or the deadline passes; a
+// process that was killed takes a moment to be reaped.
+func eventually(t testing.TB, d time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		ok, detail := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s", what, detail)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // TestMain removes the binaries once every test is done (they outlive
