@@ -104,6 +104,26 @@ func (fa *fuzzAPI) do(t *testing.T, method, target string, body []byte) (*httpte
 	return rec, true
 }
 
+// doOn is do on a route naming one resource (prefix, name, rest): a name
+// that cannot be a URL path segment is skipped (ok false).
+func (fa *fuzzAPI) doOn(t *testing.T, method, prefix, name, rest string, body []byte) (*httptest.ResponseRecorder, bool) {
+	seg, ok := pathSeg(name)
+	if !ok {
+		return nil, false
+	}
+	return fa.do(t, method, prefix+seg+rest, body)
+}
+
+// checkPastValidation checks the answer of a route whose valid requests
+// fail after validation on the base VM (it has no network or agent): 400
+// or 404 for bad input, else 500 of kind want.
+func (fa *fuzzAPI) checkPastValidation(t *testing.T, rec *httptest.ResponseRecorder, want hearth.Kind) {
+	t.Helper()
+	if kind := fa.check(t, rec, 400, 404, 500); rec.Code == 500 && kind != want {
+		t.Fatalf("500 of kind %s", kind)
+	}
+}
+
 // check verifies the common contract of one answer and returns its error
 // kind (KindUnknown for a success).
 func (fa *fuzzAPI) check(t *testing.T, rec *httptest.ResponseRecorder, allowed ...int) hearth.Kind {
@@ -221,11 +241,7 @@ func FuzzAPIRestore(f *testing.F) {
 	}
 	fa := newFuzzAPI(f)
 	f.Fuzz(func(t *testing.T, name string, body []byte) {
-		seg, ok := pathSeg(name)
-		if !ok {
-			return
-		}
-		rec, ok := fa.do(t, "POST", "/v1/snapshots/"+seg+"/restore", body)
+		rec, ok := fa.doOn(t, "POST", "/v1/snapshots/", name, "/restore", body)
 		if !ok {
 			return
 		}
@@ -267,11 +283,7 @@ func FuzzAPIRename(f *testing.F) {
 	}
 	fa := newFuzzAPI(f)
 	f.Fuzz(func(t *testing.T, id string, body []byte) {
-		seg, ok := pathSeg(id)
-		if !ok {
-			return
-		}
-		rec, ok := fa.do(t, "POST", "/v1/vms/"+seg+"/rename", body)
+		rec, ok := fa.doOn(t, "POST", "/v1/vms/", id, "/rename", body)
 		if !ok {
 			return
 		}
@@ -311,11 +323,7 @@ func FuzzAPISnapshot(f *testing.F) {
 	}
 	fa := newFuzzAPI(f)
 	f.Fuzz(func(t *testing.T, id string, body []byte) {
-		seg, ok := pathSeg(id)
-		if !ok {
-			return
-		}
-		rec, ok := fa.do(t, "POST", "/v1/vms/"+seg+"/snapshots", body)
+		rec, ok := fa.doOn(t, "POST", "/v1/vms/", id, "/snapshots", body)
 		if !ok {
 			return
 		}
@@ -353,20 +361,13 @@ func FuzzAPIEgress(f *testing.F) {
 	}
 	fa := newFuzzAPI(f)
 	f.Fuzz(func(t *testing.T, id string, body []byte) {
-		seg, ok := pathSeg(id)
-		if !ok {
-			return
-		}
-		rec, ok := fa.do(t, "PUT", "/v1/vms/"+seg+"/egress", body)
+		rec, ok := fa.doOn(t, "PUT", "/v1/vms/", id, "/egress", body)
 		if !ok {
 			return
 		}
 		// The base VM has no network: a valid policy for it fails with
 		// network_config (500) after validation.
-		kind := fa.check(t, rec, 400, 404, 500)
-		if rec.Code == 500 && kind != hearth.KindNetworkConfig {
-			t.Fatalf("500 of kind %s", kind)
-		}
+		fa.checkPastValidation(t, rec, hearth.KindNetworkConfig)
 		var req api.EgressRequest
 		valid := hearth.ValidateID(id) == nil && strictDecode(body, &req) == nil
 		if valid {
@@ -397,20 +398,13 @@ func FuzzAPIExec(f *testing.F) {
 	}
 	fa := newFuzzAPI(f)
 	f.Fuzz(func(t *testing.T, id string, body []byte) {
-		seg, ok := pathSeg(id)
-		if !ok {
-			return
-		}
-		rec, ok := fa.do(t, "POST", "/v1/vms/"+seg+"/exec", body)
+		rec, ok := fa.doOn(t, "POST", "/v1/vms/", id, "/exec", body)
 		if !ok {
 			return
 		}
 		// The base VM has no agent: a valid request for it fails with
 		// guest_metadata (500) after validation.
-		kind := fa.check(t, rec, 400, 404, 500)
-		if rec.Code == 500 && kind != hearth.KindGuestMetadata {
-			t.Fatalf("500 of kind %s", kind)
-		}
+		fa.checkPastValidation(t, rec, hearth.KindGuestMetadata)
 		var req api.ExecRequest
 		valid := hearth.ValidateID(id) == nil && strictDecode(body, &req) == nil
 		if valid {
@@ -447,22 +441,15 @@ func FuzzAPIFiles(f *testing.F) {
 	}
 	fa := newFuzzAPI(f)
 	f.Fuzz(func(t *testing.T, id, query string, put bool) {
-		seg, ok := pathSeg(id)
-		if !ok {
-			return
-		}
 		method := "GET"
 		if put {
 			method = "PUT"
 		}
-		rec, ok := fa.do(t, method, "/v1/vms/"+seg+"/files?"+query, []byte("data"))
+		rec, ok := fa.doOn(t, method, "/v1/vms/", id, "/files?"+query, []byte("data"))
 		if !ok {
 			return
 		}
-		kind := fa.check(t, rec, 400, 404, 500)
-		if rec.Code == 500 && kind != hearth.KindGuestMetadata {
-			t.Fatalf("500 of kind %s", kind)
-		}
+		fa.checkPastValidation(t, rec, hearth.KindGuestMetadata)
 		// The query as the server sees it: a '#' starts the fragment,
 		// which never reaches it.
 		u, err := url.Parse("http://hearth/?" + query)
