@@ -65,10 +65,15 @@ func (s *server) fault(ss *session, addr uint64, t0 time.Time) error {
 // [b0, b1) that are missing and contiguous with p.
 //
 // Normally [b0, b1) is the aligned FaultAround block around p. A fault
-// right after the previous copy continues a sequential stream: like the
-// kernel's readahead, the window then runs forward from p and doubles, up
-// to 4× the block, so streaming a range takes a fraction of the round
-// trips.
+// where the previous copy ended continues a sequential stream: like the
+// kernel's readahead, the fault then copies one block forward from p and
+// queues a readahead window behind it, which the event loop copies in the
+// background while the guest consumes the block (readaheadStep). The
+// window doubles with each fault of the stream, up to 16 blocks, and the
+// stream's next fault is expected where it ends. Without it the guest
+// would wait for every page of a stream to be copied; with it, the copy
+// overlaps the guest's own work and the stream takes one round trip per
+// window.
 //
 // While a trace is being replayed, the recorded working set says what the
 // guest will touch: a fault copies the rest of its recorded run (what the
@@ -77,14 +82,15 @@ func (s *server) fault(ss *session, addr uint64, t0 time.Time) error {
 // copy bandwidth that bounds a restore racing its prefetch.
 //
 // While recording a trace, an isolated fault copies only p and a stream's
-// window doubles from one page, so that the trace holds the pages the
-// guest touched rather than neighbours served speculatively (later
-// restores prefetch exactly that), while a sequential first restore still
-// streams.
+// window doubles from one page, with no readahead, so that the trace
+// holds the pages the guest touched rather than neighbours served
+// speculatively (later restores prefetch exactly that), while a
+// sequential first restore still streams.
 func (s *server) window(ss *session, r *region, p uint64, zero bool) (lo, hi uint64) {
 	w := uint64(s.o.FaultAround)
 	recording := s.rec != nil && !ss.child
-	seq := r.base+p*r.ps == ss.seqNext
+	seq := r.base+p*r.ps == ss.seqNext || ss.ra.holds(r, p)
+	ahead := false
 	var b0, b1 uint64
 	switch {
 	case s.pf != nil && !ss.child:
@@ -93,14 +99,12 @@ func (s *server) window(ss *session, r *region, p uint64, zero bool) (lo, hi uin
 			b1 = p + min((end*traceUnit-(r.off+p*r.ps))/r.ps, 4*w)
 		}
 		ss.seqWin = 0
-	case seq:
-		start := 2 * w
-		if recording {
-			// 1, 2, 4, …: a run of 2^k pages is recorded exactly.
-			start = 1
-		}
-		ss.seqWin = min(max(2*ss.seqWin, start), 4*w)
+	case seq && recording:
+		// 1, 2, 4, …: a run of 2^k pages is recorded exactly.
+		ss.seqWin = min(max(2*ss.seqWin, 1), 4*w)
 		b0, b1 = p, p+ss.seqWin
+	case seq && !zero:
+		b0, b1, ahead = p, p+w, true
 	case recording:
 		ss.seqWin = 0
 		b0, b1 = p, p+1
@@ -117,7 +121,58 @@ func (s *server) window(ss *session, r *region, p uint64, zero bool) (lo, hi uin
 		hi++
 	}
 	ss.seqNext = r.base + hi*r.ps
+	if ahead {
+		ra := readahead{r: r, start: p, next: hi, size: 2 * w}
+		if old := ss.ra; old.holds(r, p) {
+			ra.size = min(2*old.size, 16*w)
+			if old.next < p {
+				// Threads streaming side by side: keep what the window
+				// had not copied yet behind the fault.
+				ra.start, ra.next = old.next, old.next
+			}
+		}
+		ra.end = min(hi+ra.size, r.pages())
+		ss.ra = ra
+		ss.seqNext = r.base + ra.end*r.ps
+	}
 	return lo, hi
+}
+
+// readaheadStep copies part of a session's pending readahead, within the
+// prefetcher's bounds per step, so that faults queued meanwhile wait for
+// one step at most. Pages already present or removed are skipped.
+func (s *server) readaheadStep(ss *session) error {
+	ra := &ss.ra
+	budget := prefetchUnits * traceUnit / ra.r.ps
+	for calls := 0; ra.pending() && budget > 0 && calls < prefetchCalls; {
+		r, p := ra.r, ra.next
+		if !ss.missing(r, p, false) {
+			ra.next++
+			continue
+		}
+		n := ss.runLen(r, p, min(ra.end-p, budget), false)
+		copied, _, err := s.fill(ss, r, p, n, false)
+		calls++
+		s.st.ReadaheadPages += copied
+		switch {
+		case errors.Is(err, errAgain):
+			return nil // an event is queued; the loop reads it first
+		case errors.Is(err, errVMMGone):
+			return err
+		case err != nil:
+			// Speculative: the fault path reports it if the guest
+			// needs the page.
+			if !errors.Is(err, errNoEnt) {
+				s.st.Errors++
+				s.log.Warn("readahead copy failed; dropping the window", "err", err)
+			}
+			*ra = readahead{}
+			return nil
+		}
+		ra.next += n
+		budget -= n
+	}
+	return nil
 }
 
 func (s *server) retryDeferred(ss *session) error {

@@ -56,9 +56,10 @@ type Options struct {
 	// (fault_around_bytes, 64 KiB), which is what the File backend gets;
 	// a userfaultfd round trip costs far more than a kernel fault, so
 	// serving neighbours with it pays even more here. Default 16; 1 copies
-	// only the faulting page. Sequential streams get a growing forward
-	// window instead (up to 4× this), and a restore recording a trace
-	// copies only the faulting page for isolated faults (see
+	// only the faulting page. A sequential stream gets one block forward
+	// from the fault and a readahead window behind it, copied in the
+	// background while the guest works (doubling up to 16× this); a
+	// restore recording a trace copies only what the guest touches (see
 	// server.window). Hugepage regions always copy one page.
 	FaultAround int
 	// Logger defaults to slog.Default().
@@ -477,6 +478,13 @@ func (s *server) run() error {
 				return s.fatal(err)
 			}
 		}
+		for _, ss := range s.sessions {
+			if ss.ra.pending() {
+				if err := s.readaheadStep(ss); err != nil {
+					return s.fatal(err)
+				}
+			}
+		}
 		s.periodic()
 	}
 }
@@ -510,6 +518,9 @@ func (s *server) pollTimeout() int {
 		return 0 // prefetching: only look for faults between chunks
 	}
 	for _, ss := range s.sessions {
+		if ss.ra.pending() {
+			return 0
+		}
 		if len(ss.deferred) > 0 {
 			return 1
 		}

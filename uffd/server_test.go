@@ -175,9 +175,11 @@ func TestServeContents(t *testing.T) {
 			if st.State != StateExited || st.Faults == 0 || st.Regions != len(tt.regions) || st.PageSize != PageSize4K {
 				t.Fatalf("status %+v", st)
 			}
-			// Every page was copied exactly once.
-			if st.FaultBytes != total {
-				t.Fatalf("fault bytes %d, want %d", st.FaultBytes, total)
+			// Every page was copied exactly once, on demand or (when
+			// some thread's touches happened to run in order) by the
+			// readahead.
+			if st.FaultBytes+st.ReadaheadPages*PageSize4K != total {
+				t.Fatalf("fault bytes %d + readahead pages %d, want %d bytes", st.FaultBytes, st.ReadaheadPages, total)
 			}
 			if st.MaxFaultLatencyUS <= 0 || st.ExitCode != 0 {
 				t.Fatalf("status %+v", st)
@@ -285,6 +287,39 @@ func TestServeRemove(t *testing.T) {
 	if st.Events.Remove != 2 || st.ZeroPages != (1*mib+512<<10)/4096 {
 		t.Fatalf("status %+v", st)
 	}
+}
+
+// TestReadahead: a guest streaming through memory is served a block per
+// fault and a growing readahead window copied in the background, so the
+// stream takes a fraction of fault-around's faults. Every page still
+// equals the memory file and is copied once, and the readahead leaves a
+// removed range in the stream's path zero.
+func TestReadahead(t *testing.T) {
+	requireUffd(t)
+	const mib = 1 << 20
+	f := newFixture(t, 16*mib)
+	srv := serve(t, f.options())
+	mustSucceed(t, runChild(t, uffdtest.Config{Socket: f.socket, MemFile: f.mem, Regions: []uffdtest.Region{{Size: 16 * mib}}, Steps: []uffdtest.Step{
+		{Op: "remove", Region: 0, Offset: 9 * mib, Length: 512 << 10}, // never faulted: zeros from now on
+		{Op: "touch", Region: 0, Length: 9 * mib, Order: "sequential"},
+		{Op: "touch", Region: 0, Offset: 9 * mib, Length: 512 << 10, Order: "sequential", Expect: "zero"},
+		{Op: "touch", Region: 0, Offset: 9*mib + 512<<10, Order: "sequential"},
+	}}))
+	if err := srv.wait(t); err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	st := readStatus(t, f.status)
+	const pages, removed = 16 * mib / PageSize4K, 512 << 10 / PageSize4K
+	if got := st.FaultBytes/PageSize4K + st.ReadaheadPages + st.ZeroPages; got != pages || st.ZeroPages != removed {
+		t.Fatalf("%d pages served (%d on demand, %d read ahead, %d zero), want %d with %d zero",
+			got, st.FaultBytes/PageSize4K, st.ReadaheadPages, st.ZeroPages, pages, removed)
+	}
+	// Fault-around alone takes one fault per 16 pages; the readahead is
+	// allowed to fall behind the guest now and then (a loaded machine).
+	if st.ReadaheadPages < pages/2 || st.Faults > pages/32 {
+		t.Fatalf("%d faults, %d pages read ahead, of %d pages", st.Faults, st.ReadaheadPages, pages)
+	}
+	t.Logf("%d faults, %d pages read ahead, %d existing", st.Faults, st.ReadaheadPages, st.ExistingPages)
 }
 
 // TestServeRemap: with UFFD_FEATURE_EVENT_REMAP a region the VMM moves

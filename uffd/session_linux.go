@@ -49,10 +49,29 @@ type session struct {
 	// was removed (REMOVE/UNMAP) and must be served with zeros.
 	served, zero bitmap
 	deferred     []uint64 // faults to retry after the next events are read
-	// Sequential detection for fault-around: the address just past the
-	// last on-demand copy, and the current forward window (pages).
+	// Sequential detection: the address just past the last on-demand
+	// copy (or readahead window), and a recording stream's window (pages).
 	seqNext, seqWin uint64
-	gen             int // bumped when regions move
+	// ra is the stream's pending readahead, copied between events.
+	ra  readahead
+	gen int // bumped when regions move
+}
+
+// readahead is the window [start, end) of r that follows a sequential
+// fault; pages from next on are still to be copied.
+type readahead struct {
+	r                *region
+	start, next, end uint64
+	size             uint64 // pages after the fault's block; doubles per fault
+}
+
+func (ra *readahead) pending() bool { return ra.r != nil && ra.next < ra.end }
+
+// holds reports whether page p of r lies in the window (copied or not)
+// or right after it: a fault there continues the stream, even when other
+// faults came between.
+func (ra *readahead) holds(r *region, p uint64) bool {
+	return ra.r == r && p >= ra.start && p <= ra.end
 }
 
 func (ss *session) find(addr uint64) *region {
@@ -113,7 +132,7 @@ func (ss *session) markZero(start, end uint64) {
 		ss.zero.set(u, n)
 		ss.served.clear(u, n)
 	}
-	ss.seqNext = 0
+	ss.seqNext, ss.ra = 0, readahead{}
 }
 
 // remap handles a REMAP event: the VMM moved [from, from+length) to to.
@@ -136,6 +155,6 @@ func (ss *session) remap(from, to, length uint64) {
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].base < out[j].base })
-	ss.regions, ss.last, ss.seqNext = out, nil, 0
+	ss.regions, ss.last, ss.seqNext, ss.ra = out, nil, 0, readahead{}
 	ss.gen++
 }

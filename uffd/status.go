@@ -70,6 +70,9 @@ type Status struct {
 	FaultBytes uint64 `json:"fault_bytes"`
 	// ZeroPages were served with zeros (after a REMOVE or UNMAP event).
 	ZeroPages uint64 `json:"zero_pages"`
+	// ReadaheadPages were copied in the background ahead of a sequential
+	// stream of faults (see Options.FaultAround).
+	ReadaheadPages uint64 `json:"readahead_pages,omitempty"`
 	// PrefetchedPages/Bytes were copied eagerly from a trace.
 	PrefetchedPages uint64 `json:"prefetched_pages"`
 	PrefetchedBytes uint64 `json:"prefetched_bytes"`
