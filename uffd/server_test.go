@@ -322,6 +322,33 @@ func TestReadahead(t *testing.T) {
 	t.Logf("%d faults, %d pages read ahead, %d existing", st.Faults, st.ReadaheadPages, st.ExistingPages)
 }
 
+// TestHarnessBaselines: the harness's baselines measure what they claim:
+// pages the fake VMM copies in itself hold the memory file and cost the
+// server no fault, and a plain region reads zeros without a server.
+func TestHarnessBaselines(t *testing.T) {
+	requireUffd(t)
+	const mib = 1 << 20
+	f := newFixture(t, 4*mib)
+	srv := serve(t, f.options())
+	mustSucceed(t, runChild(t, uffdtest.Config{Socket: f.socket, MemFile: f.mem, Regions: []uffdtest.Region{{Size: 2 * mib, Offset: 1 * mib}}, Steps: []uffdtest.Step{
+		{Op: "populate", Region: 0, PopulateChunk: 64 << 10},
+		{Op: "touch", Region: 0, Threads: 2},
+	}}))
+	if err := srv.wait(t); err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	if st := readStatus(t, f.status); st.Faults != 0 || st.FaultBytes != 0 {
+		t.Fatalf("the server served faults after the harness populated: %+v", st)
+	}
+	out := runChild(t, uffdtest.Config{MemFile: f.mem, Regions: []uffdtest.Region{{Size: 1 * mib, Plain: true}}, Steps: []uffdtest.Step{
+		{Op: "touch", Region: 0, Expect: "zero"},
+		{Op: "populate", Region: 0},
+	}})
+	if out.ExitCode == 0 || !strings.Contains(out.Stderr, "populate needs a region registered") {
+		t.Fatalf("populate of a plain region: exit %d, %s", out.ExitCode, out.Stderr)
+	}
+}
+
 // TestServeRemap: with UFFD_FEATURE_EVENT_REMAP a region the VMM moves
 // with mremap keeps being served from the right file offsets.
 func TestServeRemap(t *testing.T) {

@@ -52,12 +52,19 @@ type Region struct {
 	// FileBacked maps the memory file at Offset MAP_PRIVATE instead of
 	// anonymous memory with a userfaultfd: the kernel serves the faults.
 	FileBacked bool `json:"file_backed,omitempty"`
+	// Plain is anonymous memory without a userfaultfd: the kernel fills
+	// it with zeros on first touch (a baseline for what a fresh page
+	// costs on the host).
+	Plain bool `json:"plain,omitempty"`
 }
 
 // Step is one action of the child.
 type Step struct {
 	// Op is "touch", "remove" (MADV_DONTNEED), "remap" (move the region
-	// elsewhere with mremap) or "sleep".
+	// elsewhere with mremap), "populate" (the child copies the range in
+	// from the memory file itself with UFFDIO_COPY, PopulateChunk bytes
+	// per call: a page-fault server's work without the round trips, so a
+	// baseline) or "sleep".
 	Op     string `json:"op"`
 	Region int    `json:"region"`
 	// Offset and Length select a byte range of the region (Length 0: to
@@ -71,6 +78,8 @@ type Step struct {
 	Order   string   `json:"order,omitempty"`
 	Threads int      `json:"threads,omitempty"`
 	Seed    uint64   `json:"seed,omitempty"`
+	// PopulateChunk is the populate op's copy size (default 256 KiB).
+	PopulateChunk uint64 `json:"populate_chunk,omitempty"`
 	// Expect is "file" (default: the page equals the memory file),
 	// "zero", "any" (read one word only: for timing) or "write" (write
 	// one word: a guest dirtying memory, for timing).
@@ -338,9 +347,12 @@ func (c *child) setup() error {
 	needUffd := false
 	for _, r := range c.cfg.Regions {
 		var m []byte
-		if r.FileBacked {
+		switch {
+		case r.FileBacked:
 			m, err = unix.Mmap(int(f.Fd()), int64(r.Offset), int(r.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_NORESERVE)
-		} else {
+		case r.Plain:
+			m, err = unix.Mmap(-1, 0, int(r.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+		default:
 			flags := unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | unix.MAP_NORESERVE
 			if r.HugePages {
 				flags |= unix.MAP_HUGETLB
@@ -360,7 +372,7 @@ func (c *child) setup() error {
 		return err
 	}
 	for i, r := range c.cfg.Regions {
-		if r.FileBacked {
+		if r.FileBacked || r.Plain {
 			continue
 		}
 		// struct uffdio_register { range{start,len}, mode, ioctls }
@@ -420,7 +432,7 @@ type wireRegion struct {
 func (c *child) handshake() error {
 	var wire []wireRegion
 	for i, r := range c.cfg.Regions {
-		if r.FileBacked {
+		if r.FileBacked || r.Plain {
 			continue
 		}
 		ps, kib := pageSize(r), pageSize(r)
@@ -502,8 +514,37 @@ func (c *child) run(s Step) (int, error) {
 		return 0, c.remap(s.Region)
 	case "touch":
 		return c.touch(s, r, mem[s.Offset:s.Offset+length], s.Offset)
+	case "populate":
+		return c.populate(s, r, mem[s.Offset:s.Offset+length], s.Offset)
 	}
 	return 0, fmt.Errorf("unknown op %q", s.Op)
+}
+
+// populate copies mem (at base in region r) in from the memory file with
+// UFFDIO_COPY through the child's own userfaultfd, as a server would but
+// without a fault to wait for.
+func (c *child) populate(s Step, r Region, mem []byte, base uint64) (int, error) {
+	if r.FileBacked || r.Plain || c.uffd < 0 {
+		return 0, fmt.Errorf("populate needs a region registered with the userfaultfd")
+	}
+	chunk := s.PopulateChunk
+	if chunk == 0 {
+		chunk = 256 << 10
+	}
+	ps := pageSize(r)
+	if chunk%ps != 0 || uint64(len(mem))%ps != 0 || r.Offset+base+uint64(len(mem)) > uint64(len(c.ref)) {
+		return 0, fmt.Errorf("populate: chunk %d or range %#x+%#x does not fit the page size or the memory file", chunk, base, len(mem))
+	}
+	for off := uint64(0); off < uint64(len(mem)); off += chunk {
+		n := min(chunk, uint64(len(mem))-off)
+		// struct uffdio_copy { dst, src, len, mode, copy }
+		cp := [5]uint64{addrOf(mem[off:]), addrOf(c.ref[r.Offset+base+off:]), n, 0, 0}
+		if errno := ioctl(c.uffd, 0xC028AA03, unsafe.Pointer(&cp[0])); errno != 0 {
+			return 0, fmt.Errorf("UFFDIO_COPY at %#x: %w", base+off, errno)
+		}
+		c.done.Add(int64(n / ps))
+	}
+	return int(uint64(len(mem)) / ps), nil
 }
 
 // remap moves a region to a new address with mremap (the registration
