@@ -41,7 +41,7 @@ func TestReport(t *testing.T) {
 	want := map[string]bool{
 		"BenchmarkControlPlane/bare/c1 own-create-p50-ms": false, "BenchmarkControlPlane/bare/c1 own-create-p99-ms": true,
 		"BenchmarkControlPlane/bare/c100 x-one-create": false, "BenchmarkRuntimeConcurrency x-one-create": false,
-		"BenchmarkDaemonScale/firecracker rss-KiB/vm": true,
+		"BenchmarkDaemonScale/firecracker rss-KiB/vm":           true,
 		"BenchmarkUffdFault/sequential/read/uffd x-kernel-file": false, "BenchmarkUffdPrefetch/prefetch/resume-at-once x-faster": true,
 	}
 	for k, v := range want {
