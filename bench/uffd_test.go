@@ -167,14 +167,14 @@ func BenchmarkUffdFault(b *testing.B) {
 					rs, st := restore(b, mem, false, serverOptions(dir), touch)
 					total += last(rs).Elapsed
 					faults += st.Faults
-					readahead += st.ReadaheadPages
+					readahead += st.BackgroundPages
 					maxLat = max(maxLat, st.MaxFaultLatencyUS)
 					meanLat += st.MeanFaultLatencyUS
 				}
 				ns := report(b, total, faults)
 				b.ReportMetric(maxLat, "max-service-µs")
 				b.ReportMetric(meanLat/float64(b.N), "mean-service-µs")
-				b.ReportMetric(float64(readahead)/float64(b.N), "readahead-pages/op")
+				b.ReportMetric(float64(readahead)/float64(b.N), "background-pages/op")
 				if kernelNS > 0 {
 					b.ReportMetric(ns/kernelNS, "x-kernel-file")
 					if floorNS > 0 {

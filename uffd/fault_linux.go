@@ -64,7 +64,10 @@ func (s *server) fault(ss *session, addr uint64, t0 time.Time) error {
 // window picks the pages one on-demand fault at page p copies: those of
 // [b0, b1) that are missing and contiguous with p.
 //
-// Normally [b0, b1) is the aligned FaultAround block around p. A fault
+// Normally the fault copies p alone, which wakes the guest, and queues the
+// rest of the aligned FaultAround block around p for the event loop to
+// copy in the background (backgroundStep): the guest waits for one page,
+// not the block. Removed pages are zeroed a whole block at once. A fault
 // where the previous copy ended continues a sequential stream: like the
 // kernel's readahead, the fault then copies one block forward from p and
 // queues a readahead window behind it, which the event loop copies in the
@@ -90,6 +93,7 @@ func (s *server) window(ss *session, r *region, p uint64, zero bool) (lo, hi uin
 	w := uint64(s.o.FaultAround)
 	recording := s.rec != nil && !ss.child
 	seq := r.base+p*r.ps == ss.seqNext || ss.ra.holds(r, p)
+	seq = seq || ss.blk.holds(r, p) // forward of the last isolated fault, in or right after its block
 	ahead := false
 	var b0, b1 uint64
 	switch {
@@ -108,9 +112,19 @@ func (s *server) window(ss *session, r *region, p uint64, zero bool) (lo, hi uin
 	case recording:
 		ss.seqWin = 0
 		b0, b1 = p, p+1
-	default:
+	case zero:
 		ss.seqWin = w
 		b0, b1 = p-p%w, p-p%w+w
+	default:
+		// The guest waits for p alone; its neighbours follow.
+		ss.seqWin = w
+		b0, b1 = p, p+1
+		blk := p - p%w
+		if len(ss.around) == maxAround {
+			ss.around = append(ss.around[:0], ss.around[1:]...)
+		}
+		ss.blk = readahead{r: r, start: p + 1, next: blk, end: min(blk+w, r.pages())}
+		ss.around = append(ss.around, ss.blk)
 	}
 	b1 = min(b1, r.pages())
 	lo, hi = p, p+1
@@ -138,39 +152,61 @@ func (s *server) window(ss *session, r *region, p uint64, zero bool) (lo, hi uin
 	return lo, hi
 }
 
-// readaheadStep copies part of a session's pending readahead, within the
-// prefetcher's bounds per step, so that faults queued meanwhile wait for
-// one step at most. Pages already present or removed are skipped.
-func (s *server) readaheadStep(ss *session) error {
-	ra := &ss.ra
-	budget := prefetchUnits * traceUnit / ra.r.ps
-	for calls := 0; ra.pending() && budget > 0 && calls < prefetchCalls; {
-		r, p := ra.r, ra.next
+// backgroundStep copies part of a session's pending background work (the
+// stream's readahead first, then fault-around blocks in fault order),
+// within the prefetcher's bounds per step, so that a fault queued
+// meanwhile waits for one step at most.
+func (s *server) backgroundStep(ss *session) error {
+	budget, calls := uint64(prefetchUnits*traceUnit/PageSize4K), prefetchCalls
+	if ss.ra.pending() {
+		if err := s.copyAhead(ss, &ss.ra, &budget, &calls); err != nil {
+			return err
+		}
+	}
+	for len(ss.around) > 0 && budget > 0 && calls > 0 {
+		if err := s.copyAhead(ss, &ss.around[0], &budget, &calls); err != nil {
+			return err
+		}
+		if ss.around[0].pending() {
+			break // out of budget, or an event must be read first
+		}
+		ss.around = append(ss.around[:0], ss.around[1:]...)
+	}
+	return nil
+}
+
+// copyAhead copies the missing pages of ra from ra.next on, spending
+// budget pages and calls copies. Pages present or removed are skipped. A
+// failed copy drops ra: it was speculative, and the fault path reports
+// the error if the guest needs the page.
+func (s *server) copyAhead(ss *session, ra *readahead, budget *uint64, calls *int) error {
+	r := ra.r
+	for ra.pending() && *budget > 0 && *calls > 0 {
+		p := ra.next
 		if !ss.missing(r, p, false) {
 			ra.next++
 			continue
 		}
-		n := ss.runLen(r, p, min(ra.end-p, budget), false)
+		n := ss.runLen(r, p, min(ra.end-p, *budget), false)
 		copied, _, err := s.fill(ss, r, p, n, false)
-		calls++
-		s.st.ReadaheadPages += copied
+		*calls--
+		s.st.BackgroundPages += copied
 		switch {
 		case errors.Is(err, errAgain):
-			return nil // an event is queued; the loop reads it first
+			*calls = 0 // an event is queued; the loop reads it first
+			return nil
 		case errors.Is(err, errVMMGone):
 			return err
 		case err != nil:
-			// Speculative: the fault path reports it if the guest
-			// needs the page.
 			if !errors.Is(err, errNoEnt) {
 				s.st.Errors++
-				s.log.Warn("readahead copy failed; dropping the window", "err", err)
+				s.log.Warn("background copy failed; dropping the range", "err", err)
 			}
 			*ra = readahead{}
 			return nil
 		}
 		ra.next += n
-		budget -= n
+		*budget -= n
 	}
 	return nil
 }

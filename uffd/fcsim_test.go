@@ -99,7 +99,7 @@ func TestFirecrackerSimulator(t *testing.T) {
 		}
 		st := readStatus(t, f.status)
 		t.Logf("prefetch=%v: faults %d, fault bytes %d, prefetched %d, trace %s", prefetch, st.Faults, st.FaultBytes, st.PrefetchedPages, st.Trace)
-		if st.State != StateExited || st.FaultBytes+st.PrefetchedBytes != f.size || st.Regions == 0 {
+		if st.State != StateExited || copied(st)+st.PrefetchedBytes != f.size || st.Regions == 0 {
 			t.Fatalf("status %+v", st)
 		}
 		if prefetch && (st.Trace != TraceReplayed && st.Trace != TraceReplaying || st.PrefetchedPages == 0) {

@@ -50,13 +50,14 @@ type Options struct {
 	// (default 10 s): the working set of a restore, not the VM's whole
 	// life.
 	TraceWindow time.Duration
-	// FaultAround is how many 4 KiB pages one on-demand fault copies: the
-	// aligned block around the faulting page (its pages not yet present),
-	// in one UFFDIO_COPY. The kernel does the same for file mappings
-	// (fault_around_bytes, 64 KiB), which is what the File backend gets;
-	// a userfaultfd round trip costs far more than a kernel fault, so
-	// serving neighbours with it pays even more here. Default 16; 1 copies
-	// only the faulting page. A sequential stream gets one block forward
+	// FaultAround is how many 4 KiB pages one on-demand fault serves: the
+	// aligned block around the faulting page (its pages not yet present).
+	// The faulting page is copied first, which wakes the guest; the rest
+	// of the block follows in the background. The kernel does the same
+	// for file mappings (fault_around_bytes, 64 KiB), which is what the
+	// File backend gets; a userfaultfd round trip costs far more than a
+	// kernel fault, so serving neighbours pays even more here. Default
+	// 16; 1 copies only the faulting page. A sequential stream gets one block forward
 	// from the fault and a readahead window behind it, copied in the
 	// background while the guest works (doubling up to 16× this); a
 	// restore recording a trace copies only what the guest touches (see
@@ -479,8 +480,8 @@ func (s *server) run() error {
 			}
 		}
 		for _, ss := range s.sessions {
-			if ss.ra.pending() {
-				if err := s.readaheadStep(ss); err != nil {
+			if ss.background() {
+				if err := s.backgroundStep(ss); err != nil {
 					return s.fatal(err)
 				}
 			}
@@ -518,7 +519,7 @@ func (s *server) pollTimeout() int {
 		return 0 // prefetching: only look for faults between chunks
 	}
 	for _, ss := range s.sessions {
-		if ss.ra.pending() {
+		if ss.background() {
 			return 0
 		}
 		if len(ss.deferred) > 0 {

@@ -123,6 +123,10 @@ func mustSucceed(t *testing.T, out uffdtest.Outcome) {
 	}
 }
 
+// copied is what the server copied from the memory file for faults: on
+// demand, and in the background after them (always 4 KiB pages).
+func copied(st Status) uint64 { return st.FaultBytes + st.BackgroundPages*PageSize4K }
+
 func readStatus(t *testing.T, path string) Status {
 	t.Helper()
 	st, err := ReadStatus(path)
@@ -178,8 +182,8 @@ func TestServeContents(t *testing.T) {
 			// Every page was copied exactly once, on demand or (when
 			// some thread's touches happened to run in order) by the
 			// readahead.
-			if st.FaultBytes+st.ReadaheadPages*PageSize4K != total {
-				t.Fatalf("fault bytes %d + readahead pages %d, want %d bytes", st.FaultBytes, st.ReadaheadPages, total)
+			if copied(st) != total {
+				t.Fatalf("fault bytes %d + background pages %d, want %d bytes", st.FaultBytes, st.BackgroundPages, total)
 			}
 			if st.MaxFaultLatencyUS <= 0 || st.ExitCode != 0 {
 				t.Fatalf("status %+v", st)
@@ -310,16 +314,16 @@ func TestReadahead(t *testing.T) {
 	}
 	st := readStatus(t, f.status)
 	const pages, removed = 16 * mib / PageSize4K, 512 << 10 / PageSize4K
-	if got := st.FaultBytes/PageSize4K + st.ReadaheadPages + st.ZeroPages; got != pages || st.ZeroPages != removed {
+	if got := st.FaultBytes/PageSize4K + st.BackgroundPages + st.ZeroPages; got != pages || st.ZeroPages != removed {
 		t.Fatalf("%d pages served (%d on demand, %d read ahead, %d zero), want %d with %d zero",
-			got, st.FaultBytes/PageSize4K, st.ReadaheadPages, st.ZeroPages, pages, removed)
+			got, st.FaultBytes/PageSize4K, st.BackgroundPages, st.ZeroPages, pages, removed)
 	}
 	// Fault-around alone takes one fault per 16 pages; the readahead is
 	// allowed to fall behind the guest now and then (a loaded machine).
-	if st.ReadaheadPages < pages/2 || st.Faults > pages/32 {
-		t.Fatalf("%d faults, %d pages read ahead, of %d pages", st.Faults, st.ReadaheadPages, pages)
+	if st.BackgroundPages < pages/2 || st.Faults > pages/32 {
+		t.Fatalf("%d faults, %d pages read ahead, of %d pages", st.Faults, st.BackgroundPages, pages)
 	}
-	t.Logf("%d faults, %d pages read ahead, %d existing", st.Faults, st.ReadaheadPages, st.ExistingPages)
+	t.Logf("%d faults, %d pages read ahead, %d existing", st.Faults, st.BackgroundPages, st.ExistingPages)
 }
 
 // TestHarnessBaselines: the harness's baselines measure what they claim:
@@ -368,7 +372,7 @@ func TestServeRemap(t *testing.T) {
 	if err := srv.wait(t); err != nil {
 		t.Fatalf("Serve: %v", err)
 	}
-	if st := readStatus(t, f.status); st.Events.Remap != 1 || st.FaultBytes != 4*mib {
+	if st := readStatus(t, f.status); st.Events.Remap != 1 || copied(st) != 4*mib {
 		t.Fatalf("status %+v", st)
 	}
 }
@@ -452,7 +456,7 @@ func TestFaultOutsideRegions(t *testing.T) {
 		t.Fatalf("exit code %d", ExitCode(err))
 	}
 	st := readStatus(t, f.status)
-	if st.State != StateFailed || !st.VMMKilled || !strings.Contains(st.Error, "outside") || st.FaultBytes != 1*mib {
+	if st.State != StateFailed || !st.VMMKilled || !strings.Contains(st.Error, "outside") || copied(st) != 1*mib {
 		t.Fatalf("status %+v", st)
 	}
 }
@@ -694,7 +698,7 @@ func TestLaunch(t *testing.T) {
 		t.Fatalf("server: %v %v", exit, err)
 	}
 	st := readStatus(t, f.status)
-	if st.Pid != p.Pid() || st.State != StateExited || st.FaultBytes != 8<<20 || st.StartTime != p.Identity().StartTime {
+	if st.Pid != p.Pid() || st.State != StateExited || copied(st) != 8<<20 || st.StartTime != p.Identity().StartTime {
 		t.Fatalf("status %+v", st)
 	}
 	if log, _ := os.ReadFile(filepath.Join(f.dir, "uffd.log")); !strings.Contains(string(log), "uffd server done") {

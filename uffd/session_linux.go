@@ -52,13 +52,32 @@ type session struct {
 	// Sequential detection: the address just past the last on-demand
 	// copy (or readahead window), and a recording stream's window (pages).
 	seqNext, seqWin uint64
-	// ra is the stream's pending readahead, copied between events.
-	ra  readahead
-	gen int // bumped when regions move
+	// ra is the stream's pending readahead, and around the rest of
+	// isolated faults' blocks (oldest first): both copied between events.
+	ra     readahead
+	around []readahead
+	blk    readahead // the last isolated fault's block, to detect a stream
+	gen    int       // bumped when regions move
 }
 
-// readahead is the window [start, end) of r that follows a sequential
-// fault; pages from next on are still to be copied.
+// maxAround bounds the fault-around blocks waiting to be copied; past it
+// the oldest is dropped (speculative: its pages fault if needed).
+const maxAround = 16
+
+// background reports whether copies are waiting for the event loop.
+func (ss *session) background() bool { return ss.ra.pending() || len(ss.around) > 0 }
+
+// dropBackground forgets the pending copies (the layout or page state
+// changed under them).
+func (ss *session) dropBackground() {
+	ss.ra, ss.blk, ss.around = readahead{}, readahead{}, ss.around[:0]
+}
+
+// readahead is pages of r copied in the background, up to end: the
+// window that follows a sequential fault, or the rest of an isolated
+// fault's block. Pages from next on are still to be copied; a fault in
+// [start, end] continues a stream (for a block, start is the page after
+// its fault: only a fault forward of it is sequential).
 type readahead struct {
 	r                *region
 	start, next, end uint64
@@ -132,7 +151,8 @@ func (ss *session) markZero(start, end uint64) {
 		ss.zero.set(u, n)
 		ss.served.clear(u, n)
 	}
-	ss.seqNext, ss.ra = 0, readahead{}
+	ss.seqNext = 0
+	ss.dropBackground()
 }
 
 // remap handles a REMAP event: the VMM moved [from, from+length) to to.
@@ -155,6 +175,7 @@ func (ss *session) remap(from, to, length uint64) {
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].base < out[j].base })
-	ss.regions, ss.last, ss.seqNext, ss.ra = out, nil, 0, readahead{}
+	ss.regions, ss.last, ss.seqNext = out, nil, 0
+	ss.dropBackground()
 	ss.gen++
 }

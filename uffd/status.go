@@ -70,9 +70,10 @@ type Status struct {
 	FaultBytes uint64 `json:"fault_bytes"`
 	// ZeroPages were served with zeros (after a REMOVE or UNMAP event).
 	ZeroPages uint64 `json:"zero_pages"`
-	// ReadaheadPages were copied in the background ahead of a sequential
-	// stream of faults (see Options.FaultAround).
-	ReadaheadPages uint64 `json:"readahead_pages,omitempty"`
+	// BackgroundPages were copied between events, after the fault that
+	// asked for them had been served: a sequential stream's readahead and
+	// the rest of fault-around blocks (see Options.FaultAround).
+	BackgroundPages uint64 `json:"background_pages,omitempty"`
 	// PrefetchedPages/Bytes were copied eagerly from a trace.
 	PrefetchedPages uint64 `json:"prefetched_pages"`
 	PrefetchedBytes uint64 `json:"prefetched_bytes"`
