@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -617,7 +618,27 @@ func TestFirecrackerLazyRestore(t *testing.T) {
 	if alive.Status != hearth.StatusRunning {
 		t.Fatalf("the other clone: %s", alive.Status)
 	}
-	for _, id := range []string{"src", "l1", "l2"} {
+	// REAP: held paused until the working set is in, then resumed.
+	f.requests(t)
+	if _, err := f.rt.Restore(ctx, hearth.RestoreSpec{Snapshot: "lazy", VM: "l3", MemoryBackend: "uffd", Prefetch: true, PrefetchWaitMs: 10_000}); err != nil {
+		t.Fatal(err)
+	}
+	reqs := f.requests(t)
+	got := calls(reqs)
+	li := slices.Index(got, "PUT /snapshot/load")
+	if li < 0 || got[len(got)-1] != "PATCH /vm" {
+		t.Fatalf("restore with a prefetch wait: %v", got)
+	}
+	var load struct {
+		Resume bool `json:"resume_vm"`
+	}
+	if err := json.Unmarshal(reqs[li].Body, &load); err != nil || load.Resume || !strings.Contains(string(reqs[len(reqs)-1].Body), "Resumed") {
+		t.Fatalf("load %s, last %s: want the VM loaded paused, then resumed", reqs[li].Body, reqs[len(reqs)-1].Body)
+	}
+	if v, _ := f.rt.Get(ctx, "l3"); v.Status != hearth.StatusRunning {
+		t.Fatalf("l3: %s", v.Status)
+	}
+	for _, id := range []string{"src", "l1", "l2", "l3"} {
 		if err := f.rt.Destroy(ctx, id); err != nil {
 			t.Fatal(err)
 		}

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"github.com/hearth-vm/hearth/proc"
 	"github.com/hearth-vm/hearth/store"
@@ -80,6 +81,40 @@ func (r *Runtime) uffdStep(p *createPlan) step {
 		},
 		undo: func(ctx context.Context) error {
 			return r.releaseProcesses(p.entry.rec.Resources)
+		},
+	}
+}
+
+// prefetchWaitPoll is how often a prefetch wait reads the server's
+// status file.
+const prefetchWaitPoll = 2 * time.Millisecond
+
+// prefetchWaitStep resumes a VM that was loaded paused so that its
+// working set could be prefetched first (RestoreSpec.PrefetchWaitMs): it
+// waits until the page-fault server has replayed the trace, or the wait
+// is over, whichever comes first, then resumes the vCPUs. A wait that
+// runs out is not an error: the guest then races the rest of the
+// prefetch, as without a wait.
+func (r *Runtime) prefetchWaitStep(p *createPlan) step {
+	return step{
+		name: "prefetch-wait",
+		do: func(ctx context.Context) error {
+			if p.rspec.PrefetchWaitMs <= 0 {
+				return nil
+			}
+			t0 := time.Now()
+			wctx, cancel := context.WithTimeout(ctx, time.Duration(p.rspec.PrefetchWaitMs)*time.Millisecond)
+			st, err := uffd.AwaitPrefetch(wctx, filepath.Join(r.vmDir(p.entry.rec.Key), uffdStatus), prefetchWaitPoll)
+			cancel()
+			if ctx.Err() != nil {
+				return vmmErr(p.op, p.id, KindUffd, ctx.Err())
+			}
+			r.log.Info("prefetch wait over; resuming", "vm", p.id, "waited", time.Since(t0).Round(time.Microsecond),
+				"complete", err == nil, "trace", st.Trace, "prefetched_pages", st.PrefetchedPages)
+			if err := p.entry.machine.Resume(ctx); err != nil {
+				return vmmErr(p.op, p.id, KindUnsupported, err)
+			}
+			return nil
 		},
 	}
 }

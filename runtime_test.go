@@ -353,6 +353,10 @@ func TestInvalidInputHasNoSideEffects(t *testing.T) {
 	badRestores := []RestoreSpec{
 		{Snapshot: "../x", VM: "a"}, {Snapshot: "s", VM: "a/b"},
 		{Snapshot: "s", VM: "a", MemoryBackend: "disk"}, {Snapshot: "s", VM: "a", Prefetch: true},
+		{Snapshot: "s", VM: "a", MemoryBackend: "uffd", PrefetchWaitMs: 100},
+		{Snapshot: "s", VM: "a", MemoryBackend: "uffd", Prefetch: true, PrefetchWaitMs: -1},
+		{Snapshot: "s", VM: "a", MemoryBackend: "uffd", Prefetch: true, PrefetchWaitMs: maxPrefetchWaitMs + 1},
+		{Snapshot: "s", VM: "a", MemoryBackend: "uffd", Prefetch: true, PrefetchWaitMs: 100, Paused: true},
 	}
 	for _, rs := range badRestores {
 		if _, err := f.rt.Restore(ctx, rs); !errors.Is(err, ErrInvalidArgument) {

@@ -369,7 +369,7 @@ func (r *Runtime) restoreSteps(p *createPlan) []step {
 					StatePath:       prep.StatePath,
 					MemPath:         prep.MemPath,
 					MemBackend:      vmm.MemFile,
-					Resume:          !p.rspec.Paused,
+					Resume:          !p.rspec.Paused && p.rspec.PrefetchWaitMs == 0,
 					TrackDirtyPages: p.spec.TrackDirtyPages,
 				}
 				if !p.spec.RootfsReadOnly {
@@ -392,6 +392,7 @@ func (r *Runtime) restoreSteps(p *createPlan) []step {
 				return nil
 			},
 		},
+		r.prefetchWaitStep(p),
 		step{
 			name: "agent",
 			do: func(ctx context.Context) error {

@@ -98,9 +98,18 @@ type RestoreSpec struct {
 	// MemoryBackend is "file" (default) or "uffd" (lazy restore).
 	MemoryBackend string `json:"memory_backend,omitempty"`
 	// Prefetch copies the snapshot's recorded working set eagerly (uffd).
-	Prefetch bool              `json:"prefetch,omitempty"`
-	Labels   map[string]string `json:"labels,omitempty"`
+	Prefetch bool `json:"prefetch,omitempty"`
+	// PrefetchWaitMs, with Prefetch, holds the restored VM's vCPUs until
+	// the working set is in memory, for at most this long, then resumes
+	// it (REAP): the guest starts without faulting on its working set,
+	// instead of racing the prefetcher. 0 resumes at once.
+	PrefetchWaitMs int64             `json:"prefetch_wait_ms,omitempty"`
+	Labels         map[string]string `json:"labels,omitempty"`
 }
+
+// maxPrefetchWaitMs bounds RestoreSpec.PrefetchWaitMs: a restore is not
+// meant to wait longer than a boot would take.
+const maxPrefetchWaitMs = 60_000
 
 // View is a VM as callers see it.
 type View struct {
@@ -334,6 +343,14 @@ func (r *RestoreSpec) validate() error {
 	}
 	if r.Prefetch && r.MemoryBackend != "uffd" {
 		return fmt.Errorf("prefetch needs memory_backend \"uffd\"")
+	}
+	switch {
+	case r.PrefetchWaitMs < 0 || r.PrefetchWaitMs > maxPrefetchWaitMs:
+		return fmt.Errorf("prefetch_wait_ms must be between 0 and %d, got %d", maxPrefetchWaitMs, r.PrefetchWaitMs)
+	case r.PrefetchWaitMs > 0 && !r.Prefetch:
+		return fmt.Errorf("prefetch_wait_ms needs prefetch")
+	case r.PrefetchWaitMs > 0 && r.Paused:
+		return fmt.Errorf("prefetch_wait_ms has no effect on a VM restored paused")
 	}
 	return nil
 }

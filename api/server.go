@@ -89,11 +89,12 @@ type (
 	}
 	// RestoreRequest restores the snapshot named in the path.
 	RestoreRequest struct {
-		VM            string            `json:"vm"`
-		Paused        bool              `json:"paused,omitempty"`
-		MemoryBackend string            `json:"memory_backend,omitempty"`
-		Prefetch      bool              `json:"prefetch,omitempty"`
-		Labels        map[string]string `json:"labels,omitempty"`
+		VM             string            `json:"vm"`
+		Paused         bool              `json:"paused,omitempty"`
+		MemoryBackend  string            `json:"memory_backend,omitempty"`
+		Prefetch       bool              `json:"prefetch,omitempty"`
+		PrefetchWaitMs int64             `json:"prefetch_wait_ms,omitempty"`
+		Labels         map[string]string `json:"labels,omitempty"`
 	}
 	// VMList is the body of GET /v1/vms.
 	VMList struct {
@@ -555,7 +556,7 @@ func (s *Server) restore(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	v, err := s.rt.Restore(r.Context(), hearth.RestoreSpec{Snapshot: r.PathValue("name"), VM: req.VM, Paused: req.Paused,
-		MemoryBackend: req.MemoryBackend, Prefetch: req.Prefetch, Labels: req.Labels})
+		MemoryBackend: req.MemoryBackend, Prefetch: req.Prefetch, PrefetchWaitMs: req.PrefetchWaitMs, Labels: req.Labels})
 	if err != nil {
 		writeError(w, err, 0)
 		return

@@ -133,6 +133,9 @@ func (s *server) prefetchStep(ss *session) error {
 	s.st.PrefetchMS = float64(time.Since(pf.started).Microseconds()) / 1e3
 	s.log.Info("prefetch done", "pages", s.st.PrefetchedPages, "bytes", s.st.PrefetchedBytes, "took", time.Since(pf.started))
 	s.pf = nil
+	// A runtime holding the vCPUs until the working set is in (REAP)
+	// watches the status file for this.
+	s.writeStatus()
 	return nil
 }
 

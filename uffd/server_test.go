@@ -512,6 +512,83 @@ func TestPrefetch(t *testing.T) {
 	}
 }
 
+// TestAwaitPrefetch: the wait a runtime makes before resuming a VM whose
+// working set is being prefetched ends when the status file says the
+// replay is over (or was never on), and not before; the server writes
+// that status as soon as the prefetch completes, while it keeps serving.
+func TestAwaitPrefetch(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "status")
+	put := func(st Status) {
+		t.Helper()
+		if err := writeStatus(path, &st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFile := func(path string, d time.Duration) (Status, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		return AwaitPrefetch(ctx, path, time.Millisecond)
+	}
+	wait := func(d time.Duration) (Status, error) { return waitFile(path, d) }
+	if _, err := wait(20 * time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("no status file yet: %v", err)
+	}
+	for _, st := range []Status{
+		{State: StateServing, Trace: TraceOff}, {State: StateServing, Trace: TraceRecording},
+		{State: StateServing, Trace: TraceIgnored}, {State: StateFailed, Trace: TraceReplaying},
+	} {
+		put(st)
+		if got, err := wait(time.Second); err != nil || got.State != st.State || got.Trace != st.Trace {
+			t.Fatalf("status %+v: %+v, %v", st, got, err)
+		}
+	}
+	put(Status{State: StateListening, Trace: TraceReplaying})
+	if _, err := wait(20 * time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("replay in progress: %v", err)
+	}
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		put(Status{State: StateServing, Trace: TraceReplayed, PrefetchedPages: 7})
+	}()
+	if got, err := wait(5 * time.Second); err != nil || got.Trace != TraceReplayed || got.PrefetchedPages != 7 {
+		t.Fatalf("replay over: %+v, %v", got, err)
+	}
+
+	requireUffd(t)
+	const mib = 1 << 20
+	f := newFixture(t, 32*mib)
+	touch := uffdtest.Step{Op: "touch", Region: 0, Pages: workingSet(32*mib/4096, 2000, 3)}
+	o := f.options()
+	o.TraceFile, o.Prefetch = f.trace, true
+	srv := serve(t, o)
+	mustSucceed(t, runChild(t, uffdtest.Config{Socket: f.socket, MemFile: f.mem, Regions: []uffdtest.Region{{Size: 32 * mib}}, Steps: []uffdtest.Step{touch}}))
+	if err := srv.wait(t); err != nil {
+		t.Fatalf("recording: %v", err)
+	}
+	o.StatusInterval = time.Hour // only the completion itself writes the status
+	srv = serve(t, o)
+	child, err := uffdtest.Start(uffdtest.Config{Socket: f.socket, MemFile: f.mem, Regions: []uffdtest.Region{{Size: 32 * mib}},
+		Steps: []uffdtest.Step{{Op: "sleep", Sleep: 5 * time.Second}, touch}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := waitFile(f.status, 4*time.Second)
+	if err != nil || st.Trace != TraceReplayed || st.State != StateServing || st.PrefetchedPages == 0 {
+		t.Fatalf("waiting for the prefetch of a VM that has not resumed: %+v, %v", st, err)
+	}
+	out, err := child.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustSucceed(t, out)
+	if err := srv.wait(t); err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	if st := readStatus(t, f.status); st.Faults > 10 {
+		t.Fatalf("the guest faulted %d times on a working set prefetched before it ran", st.Faults)
+	}
+}
+
 // TestPrefetchWhileFaulting: the VMM touches its working set at once, racing
 // the prefetcher; contents stay right and both kinds of copies happen.
 func TestPrefetchWhileFaulting(t *testing.T) {

@@ -3,6 +3,7 @@
 package uffd
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -136,4 +137,26 @@ func writeStatus(path string, s *Status) error {
 		return fmt.Errorf("encode status: %w", err)
 	}
 	return writeFileAtomic(path, append(b, '\n'), 0o644)
+}
+
+// AwaitPrefetch waits until the server whose status file is path is no
+// longer replaying a trace: the working set is in, there was nothing to
+// replay, or the server ended. It polls the file every poll and returns
+// the last status read, with ctx's error when ctx ends first. A runtime
+// that holds a restored VM's vCPUs until its working set is in memory
+// (REAP) calls it between loading the snapshot and resuming.
+func AwaitPrefetch(ctx context.Context, path string, poll time.Duration) (Status, error) {
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	for {
+		st, err := ReadStatus(path)
+		if err == nil && (st.Final() || st.Trace != TraceReplaying) {
+			return st, nil
+		}
+		select {
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-t.C:
+		}
+	}
 }

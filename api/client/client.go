@@ -194,7 +194,7 @@ func (c *Client) Snapshot(ctx context.Context, id, name string) (hearth.Snapshot
 func (c *Client) Restore(ctx context.Context, rs hearth.RestoreSpec) (hearth.View, error) {
 	var v hearth.View
 	err := c.do(ctx, "POST", "/v1/snapshots/"+esc(rs.Snapshot)+"/restore", api.RestoreRequest{VM: rs.VM, Paused: rs.Paused,
-		MemoryBackend: rs.MemoryBackend, Prefetch: rs.Prefetch, Labels: rs.Labels}, &v)
+		MemoryBackend: rs.MemoryBackend, Prefetch: rs.Prefetch, PrefetchWaitMs: rs.PrefetchWaitMs, Labels: rs.Labels}, &v)
 	return v, err
 }
 

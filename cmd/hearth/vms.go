@@ -330,14 +330,24 @@ second. A failed write leaves no partial snapshot.`,
 func restoreCmd(g *globals) *cobra.Command {
 	var rs hearth.RestoreSpec
 	var labels []string
+	var wait time.Duration
 	cmd := &cobra.Command{
-		Use:     "restore SNAPSHOT VM",
-		Short:   "Create a VM from a snapshot",
-		Long:    "Restore a snapshot into a new VM (a clone with its own disk copy and vsock socket). It runs unless --paused.",
-		Example: "  hearth restore warm-python sandbox-42 --label tenant=acme",
-		Args:    cobra.ExactArgs(2),
+		Use:   "restore SNAPSHOT VM",
+		Short: "Create a VM from a snapshot",
+		Long: "Restore a snapshot into a new VM (a clone with its own disk copy and vsock socket). It runs unless --paused.\n\n" +
+			"With --memory-backend uffd, guest memory is served lazily by a page-fault server: the first such restore of a " +
+			"snapshot records the pages the guest touches, and later ones given --prefetch copy that working set in the " +
+			"background. --prefetch-wait keeps the vCPUs paused until the working set is in (at most that long), so the " +
+			"guest starts without faulting on it instead of racing the copy.",
+		Example: "  hearth restore warm-python sandbox-42 --label tenant=acme\n" +
+			"  hearth restore warm-python sandbox-43 --memory-backend uffd --prefetch --prefetch-wait 500ms",
+		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			rs.Snapshot, rs.VM = args[0], args[1]
+			if wait < 0 || (wait > 0 && wait < time.Millisecond) {
+				return &hearth.Error{Kind: hearth.KindInvalidArgument, Op: "restore", Err: fmt.Errorf("--prefetch-wait %s: want 0 or at least 1ms", wait)}
+			}
+			rs.PrefetchWaitMs = wait.Milliseconds()
 			for _, l := range labels {
 				k, v, ok := strings.Cut(l, "=")
 				if !ok || k == "" {
@@ -362,6 +372,7 @@ func restoreCmd(g *globals) *cobra.Command {
 	cmd.Flags().BoolVar(&rs.Paused, "paused", false, "leave the restored VM paused")
 	cmd.Flags().StringVar(&rs.MemoryBackend, "memory-backend", "", "file (default) or uffd (lazy restore)")
 	cmd.Flags().BoolVar(&rs.Prefetch, "prefetch", false, "with uffd: copy the recorded working set eagerly")
+	cmd.Flags().DurationVar(&wait, "prefetch-wait", 0, "with --prefetch: keep the vCPUs paused until the working set is in, at most this long (e.g. 500ms)")
 	cmd.Flags().StringArrayVar(&labels, "label", nil, "extra label key=value (repeatable)")
 	return cmd
 }
