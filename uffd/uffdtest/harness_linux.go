@@ -64,7 +64,8 @@ type Step struct {
 	// elsewhere with mremap), "populate" (the child copies the range in
 	// from the memory file itself with UFFDIO_COPY, PopulateChunk bytes
 	// per call: a page-fault server's work without the round trips, so a
-	// baseline) or "sleep".
+	// baseline), "sleep", or "wait" (until the file Path contains
+	// Contains: a VMM holding its vCPUs until the server is ready).
 	Op     string `json:"op"`
 	Region int    `json:"region"`
 	// Offset and Length select a byte range of the region (Length 0: to
@@ -87,6 +88,9 @@ type Step struct {
 	// PageDelay sleeps after each page (to keep a child busy).
 	PageDelay time.Duration `json:"page_delay,omitempty"`
 	Sleep     time.Duration `json:"sleep,omitempty"`
+	// Path and Contains: the wait op's file and text.
+	Path     string `json:"path,omitempty"`
+	Contains string `json:"contains,omitempty"`
 }
 
 // Config is what the child does.
@@ -492,9 +496,18 @@ func (c *child) handshake() error {
 }
 
 func (c *child) run(s Step) (int, error) {
-	if s.Op == "sleep" {
+	switch s.Op {
+	case "sleep":
 		time.Sleep(s.Sleep)
 		return 0, nil
+	case "wait":
+		// Bounded by the child's Timeout, like a fault never served.
+		for {
+			if b, err := os.ReadFile(s.Path); err == nil && bytes.Contains(b, []byte(s.Contains)) {
+				return 0, nil
+			}
+			time.Sleep(time.Millisecond)
+		}
 	}
 	if s.Region < 0 || s.Region >= len(c.mems) {
 		return 0, fmt.Errorf("no region %d", s.Region)
