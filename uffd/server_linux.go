@@ -79,10 +79,13 @@ const (
 	// copies, since a syscall costs as much as copying a few pages.
 	prefetchUnits = 64
 	prefetchCalls = 8
-	// efaultRetries: EFAULT from UFFDIO_COPY means the kernel could not
-	// read the source (an I/O error on the memory file). It is retried
+	// efaultRetries: a read of the memory file that fails (EIO from
+	// pread, or EFAULT from UFFDIO_COPY reading the mapping) is retried
 	// with backoff before the VM is declared lost.
 	efaultRetries = 3
+	// stageSize is the copy buffer of 4 KiB pages: the largest single
+	// copy (a fault's block with a full readahead window is 272 pages).
+	stageSize = 1 << 20
 )
 
 // Errors returned by Serve, each with its own exit code (ExitCode).
@@ -149,6 +152,10 @@ type server struct {
 	base uint64 // address of mem
 	size uint64
 	zero []byte // a read-only zero mapping, the source of zeroed hugepages
+	// memfd is the memory file, and stage a buffer 4 KiB pages are read
+	// into (pread, from the page cache) and copied from: see stageFile.
+	memfd int
+	stage []byte
 
 	stopfd, lfd, connfd, vmmfd int
 	vmmPid                     int
@@ -178,7 +185,7 @@ func Serve(ctx context.Context, o Options) (err error) {
 	if o.Socket == "" || o.MemFile == "" {
 		return fmt.Errorf("%w: socket and memory file are required", ErrSetup)
 	}
-	s := &server{o: o, log: o.Logger, stopfd: -1, lfd: -1, connfd: -1, vmmfd: -1, doneCh: make(chan struct{})}
+	s := &server{o: o, log: o.Logger, stopfd: -1, lfd: -1, connfd: -1, vmmfd: -1, memfd: -1, doneCh: make(chan struct{})}
 	s.st = Status{Pid: os.Getpid(), State: StateStarting, Socket: o.Socket, MemFile: o.MemFile, Started: time.Now(), Trace: TraceOff, TraceFile: o.TraceFile}
 	if st, err := proc.StartTimeOf(s.st.Pid); err == nil {
 		s.st.StartTime = st
@@ -245,6 +252,14 @@ func (s *server) setup() error {
 		return fmt.Errorf("mmap memory file: %w", err)
 	}
 	s.base = uint64(uintptr(unsafe.Pointer(&s.mem[0])))
+	if s.memfd, err = unix.Dup(int(f.Fd())); err != nil {
+		return fmt.Errorf("memory file: %w", err)
+	}
+	unix.CloseOnExec(s.memfd)
+	s.stage, err = unix.Mmap(-1, 0, stageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
+	if err != nil {
+		return fmt.Errorf("map the copy buffer: %w", err)
+	}
 	s.buf = make([]byte, 64*msgSize)
 
 	if s.o.TraceFile != "" {
@@ -397,7 +412,7 @@ func (s *server) finish(err error) {
 	for _, ss := range s.sessions {
 		unix.Close(ss.fd)
 	}
-	for _, fd := range []int{s.stopfd, s.lfd, s.connfd, s.vmmfd} {
+	for _, fd := range []int{s.stopfd, s.lfd, s.connfd, s.vmmfd, s.memfd} {
 		if fd >= 0 {
 			unix.Close(fd)
 		}
@@ -410,6 +425,9 @@ func (s *server) finish(err error) {
 	}
 	if s.zero != nil {
 		unix.Munmap(s.zero)
+	}
+	if s.stage != nil {
+		unix.Munmap(s.stage)
 	}
 }
 

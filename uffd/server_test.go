@@ -461,6 +461,42 @@ func TestFaultOutsideRegions(t *testing.T) {
 	}
 }
 
+// TestMemoryFileUnreadable: a memory file that can no longer be read
+// (here truncated under the server) is a fault the server cannot serve:
+// the VMM is killed, not left waiting, and the status says why.
+func TestMemoryFileUnreadable(t *testing.T) {
+	requireUffd(t)
+	const mib = 1 << 20
+	f := newFixture(t, 4*mib)
+	srv := serve(t, f.options())
+	child, err := uffdtest.Start(uffdtest.Config{Socket: f.socket, MemFile: f.mem, Regions: []uffdtest.Region{{Size: 4 * mib}},
+		Steps: []uffdtest.Step{
+			{Op: "touch", Region: 0, Length: 1 * mib},
+			{Op: "sleep", Sleep: 500 * time.Millisecond},
+			{Op: "touch", Region: 0, Offset: 2 * mib, Length: 1 * mib, Expect: "any"},
+		}, Timeout: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { st, _ := ReadStatus(f.status); return copied(st) == 1*mib })
+	if err := os.Truncate(f.mem, 1*mib+mib/2); err != nil {
+		t.Fatal(err)
+	}
+	out, err := child.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !out.Killed() {
+		t.Fatalf("harness not killed: exit %d: %s", out.ExitCode, out.Stderr)
+	}
+	if err := srv.wait(t); !errors.Is(err, ErrFault) || !strings.Contains(err.Error(), "cannot read the memory file") {
+		t.Fatalf("Serve: %v", err)
+	}
+	if st := readStatus(t, f.status); st.State != StateFailed || !st.VMMKilled || !strings.Contains(st.Error, "truncated") {
+		t.Fatalf("status %+v", st)
+	}
+}
+
 // TestPrefetch: the first restore records the working set, the second
 // copies it before the VMM asks, so the VMM hardly faults; with prefetch
 // off the trace is left alone.
