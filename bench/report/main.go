@@ -90,7 +90,7 @@ var targets = []Target{
 	{Bench: "BenchmarkRuntimeConcurrency", Metric: "x-one-create", Max: 3, Context: "x-one-create-cpu-floor", Why: "100 concurrent creates within 3× one create, in-memory backend (context: CPU floor)"},
 	{Bench: "BenchmarkDaemonScale/firecracker", Metric: "rss-KiB/vm", Max: 200, Why: "daemon RSS per idle VM, Firecracker backend (simulator)"},
 	{Bench: "BenchmarkDaemonScale/mem", Metric: "rss-KiB/vm", Max: 200, Why: "daemon RSS per idle VM, 1,000 VMs, in-memory backend"},
-	{Bench: "BenchmarkUffdFault/sequential/read/uffd", Metric: "x-kernel-file", Max: 2, Context: "x-kernel-file-floor", Why: "on-demand userfaultfd service within 2× the kernel's file-backed faults, 1 GiB read sequentially (context: the ratio UFFDIO_COPY and the first touch alone force on this host, with no fault at all)"},
+	{Bench: "BenchmarkUffdFault/sequential/read/uffd", Metric: "x-kernel-file", Max: 2, Context: "x-kernel-file-floor", Why: "on-demand userfaultfd service within 2× the kernel's file-backed faults, 1 GiB read sequentially (context: the ratio the guest's first touch of pages already copied in forces on this host, with no fault and no server)"},
 	{Bench: "BenchmarkUffdFault/random/read/uffd", Metric: "x-kernel-file", Max: 2, Context: "x-kernel-file-floor", Why: "the same, read in random order (context: the host's floor)"},
 	{Bench: "BenchmarkUffdFault/sequential/write/uffd", Metric: "x-kernel-file", Max: 2, Context: "x-kernel-file-floor", Why: "the same, written sequentially (context: the host's floor)"},
 	{Bench: "BenchmarkUffdFault/random/write/uffd", Metric: "x-kernel-file", Max: 2, Context: "x-kernel-file-floor", Why: "the same, written in random order (context: the host's floor)"},
