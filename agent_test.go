@@ -6,45 +6,22 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/hearth-vm/hearth"
 	"github.com/hearth-vm/hearth/agent"
+	"github.com/hearth-vm/hearth/internal/testbin"
 	"github.com/hearth-vm/hearth/vmm"
 	"github.com/hearth-vm/hearth/vmm/memvmm"
 	"github.com/hearth-vm/hearth/vsock"
 )
 
-var (
-	agentOnce sync.Once
-	agentBin  string
-	agentErr  error
-)
-
 func agentBinary(t *testing.T) string {
 	t.Helper()
-	agentOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "agent-bin")
-		if err != nil {
-			agentErr = err
-			return
-		}
-		agentBin = filepath.Join(dir, "hearth-agent")
-		cmd := exec.Command("go", "build", "-o", agentBin, "./cmd/hearth-agent")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			agentErr = errors.New(string(out))
-		}
-	})
-	if agentErr != nil {
-		t.Fatalf("build agent: %v", agentErr)
-	}
-	return agentBin
+	return testbin.Build(t, "cmd/hearth-agent", "hearth-agent")
 }
 
 // withGuestAgent makes every simulator started by the test run

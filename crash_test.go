@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hearth-vm/hearth/firewall"
+	"github.com/hearth-vm/hearth/internal/testbin"
 	"github.com/hearth-vm/hearth/network"
 	"github.com/hearth-vm/hearth/network/nstest"
 	"github.com/hearth-vm/hearth/vmm"
@@ -160,12 +161,7 @@ func TestCrashConsistency(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(work) })
-	sim := filepath.Join(work, "firecracker")
-	build := exec.Command("go", "build", "-o", sim, "./cmd/hearth-fcsim")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build simulator: %v\n%s", err, out)
-	}
+	sim := testbin.Build(t, "cmd/hearth-fcsim", "firecracker")
 	os.WriteFile(filepath.Join(work, "vmlinux"), []byte("k"), 0o644)
 	os.WriteFile(filepath.Join(work, "rootfs.ext4"), make([]byte, 1<<20), 0o644)
 	// As root, the VMs also hold a network namespace with its links and

@@ -8,16 +8,15 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hearth-vm/hearth"
+	"github.com/hearth-vm/hearth/internal/testbin"
 	"github.com/hearth-vm/hearth/proc"
 	"github.com/hearth-vm/hearth/vmm"
 	"github.com/hearth-vm/hearth/vmm/firecracker"
@@ -26,31 +25,11 @@ import (
 // These tests run the runtime against the Firecracker simulator as a real
 // process: they prove the Firecracker backend is wired into the runtime.
 
-var (
-	fcOnce sync.Once
-	fcBin  string
-	fcErr  error
-)
-
+// fcsimBinary is the simulator, named like Firecracker (the jailer only
+// runs files named *firecracker*).
 func fcsimBinary(t *testing.T) string {
 	t.Helper()
-	fcOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "fcsim-bin")
-		if err != nil {
-			fcErr = err
-			return
-		}
-		fcBin = filepath.Join(dir, "firecracker")
-		cmd := exec.Command("go", "build", "-o", fcBin, "./cmd/hearth-fcsim")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			fcErr = errors.New(string(out))
-		}
-	})
-	if fcErr != nil {
-		t.Fatalf("build simulator: %v", fcErr)
-	}
-	return fcBin
+	return testbin.Build(t, "cmd/hearth-fcsim", "firecracker")
 }
 
 type fcFixture struct {
@@ -507,31 +486,11 @@ func TestFirecrackerJailed(t *testing.T) {
 	}
 }
 
-var (
-	hearthOnce sync.Once
-	hearthBin  string
-	hearthErr  error
-)
-
 // hearthBinary builds the hearth binary, whose hidden `_uffd` command
 // runs page-fault servers.
 func hearthBinary(t *testing.T) string {
 	t.Helper()
-	hearthOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "hearth-bin")
-		if err != nil {
-			hearthErr = err
-			return
-		}
-		hearthBin = filepath.Join(dir, "hearth")
-		if out, err := exec.Command("go", "build", "-o", hearthBin, "./cmd/hearth").CombinedOutput(); err != nil {
-			hearthErr = errors.New(string(out))
-		}
-	})
-	if hearthErr != nil {
-		t.Fatalf("build hearth: %v", hearthErr)
-	}
-	return hearthBin
+	return testbin.Build(t, "cmd/hearth", "hearth")
 }
 
 // TestFirecrackerLazyRestore restores through the page-fault server: the

@@ -20,6 +20,7 @@ import (
 
 	"github.com/hearth-vm/hearth/agent"
 	"github.com/hearth-vm/hearth/agent/server"
+	"github.com/hearth-vm/hearth/internal/testbin"
 	"github.com/hearth-vm/hearth/vsock"
 )
 
@@ -69,18 +70,10 @@ func agentPercentile(d []time.Duration, p float64) time.Duration {
 
 func agentUsec(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 
-// agentBinaries builds hearth-fcsim and hearth-agent (static) into dir.
-func agentBinaries(b *testing.B, dir string) (sim, agentBin string) {
+// agentBinaries builds hearth-fcsim and hearth-agent (static).
+func agentBinaries(b *testing.B) (sim, agentBin string) {
 	b.Helper()
-	sim, agentBin = filepath.Join(dir, "hearth-fcsim"), filepath.Join(dir, "hearth-agent")
-	for out, pkg := range map[string]string{sim: "../cmd/hearth-fcsim", agentBin: "../cmd/hearth-agent"} {
-		cmd := exec.Command("go", "build", "-o", out, pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if o, err := cmd.CombinedOutput(); err != nil {
-			b.Fatalf("build %s: %v\n%s", pkg, err, o)
-		}
-	}
-	return sim, agentBin
+	return testbin.Build(b, "cmd/hearth-fcsim", "firecracker"), testbin.Build(b, "cmd/hearth-agent", "hearth-agent")
 }
 
 // agentViaFcsim runs hearth-agent as the guest process of a simulated
@@ -93,7 +86,7 @@ func agentViaFcsim(b *testing.B) *agent.Client {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { os.RemoveAll(dir) })
-	simBin, agentBin := agentBinaries(b, dir)
+	simBin, agentBin := agentBinaries(b)
 	api, uds := filepath.Join(dir, "api.sock"), filepath.Join(dir, "v.sock")
 	guest := fmt.Sprintf(`[%q,"--token",%q,"--token-file",%q,"--env-file",%q,"--secrets-dir",%q,"--init","never","--cmdline","/nonexistent","--log-level","warn"]`,
 		agentBin, agentBenchToken, filepath.Join(dir, "token"), filepath.Join(dir, "env"), filepath.Join(dir, "secrets"))

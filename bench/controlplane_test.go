@@ -21,6 +21,7 @@ import (
 
 	"github.com/hearth-vm/hearth"
 	"github.com/hearth-vm/hearth/firewall"
+	"github.com/hearth-vm/hearth/internal/testbin"
 	"github.com/hearth-vm/hearth/network"
 	"github.com/hearth-vm/hearth/network/nstest"
 	"github.com/hearth-vm/hearth/vmm"
@@ -40,32 +41,10 @@ import (
 // best case of the seed's design. Both run interleaved in one process, so
 // a machine loaded by something else loads both.
 
-var (
-	simOnce sync.Once
-	simPath string
-	simErr  error
-)
-
 // simulator builds the Firecracker simulator once.
 func simulator(b *testing.B) string {
 	b.Helper()
-	simOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "bench-fc")
-		if err != nil {
-			simErr = err
-			return
-		}
-		simPath = filepath.Join(dir, "firecracker")
-		cmd := exec.Command("go", "build", "-o", simPath, "../cmd/hearth-fcsim")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			simErr = errors.New(string(out))
-		}
-	})
-	if simErr != nil {
-		b.Fatalf("build simulator: %v", simErr)
-	}
-	return simPath
+	return testbin.Build(b, "cmd/hearth-fcsim", "firecracker")
 }
 
 func percentile(d []time.Duration, p float64) time.Duration {

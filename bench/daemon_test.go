@@ -16,6 +16,7 @@ import (
 
 	"github.com/hearth-vm/hearth"
 	"github.com/hearth-vm/hearth/api/client"
+	"github.com/hearth-vm/hearth/internal/testbin"
 )
 
 // The daemon benchmarks run `hearth serve` as its own process, as an
@@ -35,30 +36,10 @@ import (
 //     bound and the simulator's figure is the one to hold against the
 //     200 KiB target.
 
-var (
-	hearthOnce sync.Once
-	hearthPath string
-	hearthErr  error
-)
-
 // hearthBinary builds cmd/hearth once.
 func hearthBinary(b *testing.B) string {
 	b.Helper()
-	hearthOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "bench-hearth")
-		if err != nil {
-			hearthErr = err
-			return
-		}
-		hearthPath = filepath.Join(dir, "hearth")
-		if out, err := exec.Command("go", "build", "-o", hearthPath, "../cmd/hearth").CombinedOutput(); err != nil {
-			hearthErr = errors.New(string(out))
-		}
-	})
-	if hearthErr != nil {
-		b.Fatalf("build hearth: %v", hearthErr)
-	}
-	return hearthPath
+	return testbin.Build(b, "cmd/hearth", "hearth")
 }
 
 // daemon is a running `hearth serve`.

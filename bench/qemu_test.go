@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hearth-vm/hearth"
+	"github.com/hearth-vm/hearth/internal/testbin"
 	"github.com/hearth-vm/hearth/vmm"
 	"github.com/hearth-vm/hearth/vmm/qemu"
 )
@@ -27,20 +28,9 @@ func qemuImage(b *testing.B) string {
 		b.Skip("qemu-system-x86_64 is not installed")
 	}
 	dir := b.TempDir()
-	bins := map[string]string{"hearth": "../cmd/hearth", "hearth-agent": "../cmd/hearth-agent"}
-	for name, pkg := range bins {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
-		cmd.Env = os.Environ()
-		if name == "hearth-agent" {
-			cmd.Env = append(cmd.Env, "CGO_ENABLED=0") // static: it runs in the guest
-		}
-		if out, err := cmd.CombinedOutput(); err != nil {
-			b.Fatalf("build %s: %v\n%s", pkg, err, out)
-		}
-	}
 	state := filepath.Join(dir, "state")
-	out, err := exec.Command(filepath.Join(dir, "hearth"), "--state-dir", state, "image", "build", "default",
-		"--agent", filepath.Join(dir, "hearth-agent")).CombinedOutput()
+	out, err := exec.Command(testbin.Build(b, "cmd/hearth", "hearth"), "--state-dir", state, "image", "build", "default",
+		"--agent", testbin.Build(b, "cmd/hearth-agent", "hearth-agent")).CombinedOutput()
 	if err != nil {
 		b.Skipf("no default image (the build needs the Debian package mirror): %v\n%s", err, out)
 	}

@@ -6,11 +6,11 @@ import (
 	"context"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/hearth-vm/hearth/internal/testbin"
 	"github.com/hearth-vm/hearth/vmm"
 	"github.com/hearth-vm/hearth/vmm/firecracker"
 )
@@ -26,20 +26,8 @@ func TestFirecrackerSimulator(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the simulator")
 	}
-	root, err := filepath.Abs("..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(root, "cmd", "hearth-fcsim")); err != nil {
-		t.Skipf("simulator not in the tree: %v", err)
-	}
 	dir := t.TempDir()
-	sim := filepath.Join(dir, "firecracker")
-	build := exec.Command("go", "build", "-o", sim, "./cmd/hearth-fcsim")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build simulator: %v\n%s", err, out)
-	}
+	sim := testbin.Build(t, "cmd/hearth-fcsim", "firecracker")
 	b, err := firecracker.New(firecracker.Options{Binary: sim, ReadyTimeout: 10 * time.Second, TermGrace: time.Second,
 		Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {

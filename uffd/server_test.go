@@ -70,6 +70,9 @@ type served struct {
 // serve starts Serve in the background and returns once it listens.
 func serve(t *testing.T, o Options) *served {
 	t.Helper()
+	// A status left by an earlier server of the fixture would pass for
+	// this one's.
+	os.Remove(o.StatusFile)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &served{cancel: cancel, done: make(chan struct{})}
 	go func() {
@@ -568,6 +571,10 @@ func TestAwaitPrefetch(t *testing.T) {
 	wait := func(d time.Duration) (Status, error) { return waitFile(path, d) }
 	if _, err := wait(20 * time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("no status file yet: %v", err)
+	}
+	put(Status{State: StateStarting, Trace: TraceOff})
+	if _, err := wait(20 * time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("server still starting: %v", err)
 	}
 	for _, st := range []Status{
 		{State: StateServing, Trace: TraceOff}, {State: StateServing, Trace: TraceRecording},

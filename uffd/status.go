@@ -150,7 +150,8 @@ func AwaitPrefetch(ctx context.Context, path string, poll time.Duration) (Status
 	defer t.Stop()
 	for {
 		st, err := ReadStatus(path)
-		if err == nil && (st.Final() || st.Trace != TraceReplaying) {
+		// Until the server has set up, its trace state is not decided.
+		if err == nil && (st.Final() || (st.State != StateStarting && st.Trace != TraceReplaying)) {
 			return st, nil
 		}
 		select {

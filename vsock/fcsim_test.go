@@ -13,29 +13,22 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hearth-vm/hearth/internal/testbin"
 )
 
 // simBin is hearth-fcsim, built once by TestMain.
 var simBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "vsbin")
+	p, err := testbin.Path("cmd/hearth-fcsim", "firecracker")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
+		testbin.Cleanup()
 		os.Exit(1)
 	}
-	simBin = filepath.Join(dir, "hearth-fcsim")
-	cmd := exec.Command("go", "build", "-o", simBin, "github.com/hearth-vm/hearth/cmd/hearth-fcsim")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build hearth-fcsim:", err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	simBin = p
+	testbin.Main(m)
 }
 
 // shortDir is a temp dir with a short path: unix socket paths are

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/hearth-vm/hearth/agent"
+	"github.com/hearth-vm/hearth/internal/testbin"
 	"github.com/hearth-vm/hearth/vsock"
 )
 
@@ -28,26 +29,16 @@ import (
 var agentBin, simBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "habin")
+	var err error
+	if agentBin, err = testbin.Path("cmd/hearth-agent", "hearth-agent"); err == nil {
+		simBin, err = testbin.Path("cmd/hearth-fcsim", "firecracker")
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
+		testbin.Cleanup()
 		os.Exit(1)
 	}
-	agentBin = filepath.Join(dir, "hearth-agent")
-	simBin = filepath.Join(dir, "hearth-fcsim")
-	for out, pkg := range map[string]string{agentBin: ".", simBin: "github.com/hearth-vm/hearth/cmd/hearth-fcsim"} {
-		cmd := exec.Command("go", "build", "-o", out, pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "build", pkg, err)
-			os.RemoveAll(dir)
-			os.Exit(1)
-		}
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	testbin.Main(m)
 }
 
 const token = "process-test-token-42"

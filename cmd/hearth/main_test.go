@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/hearth-vm/hearth"
+	"github.com/hearth-vm/hearth/internal/testbin"
 	"github.com/hearth-vm/hearth/vmm"
 	"github.com/hearth-vm/hearth/vmm/memvmm"
 )
@@ -90,3 +91,6 @@ func TestPsAndInspect(t *testing.T) {
 		t.Fatalf("inspect missing: %v (exit %d)", err, exitCode(err))
 	}
 }
+
+// TestMain removes the hearth binary the CLI tests built.
+func TestMain(m *testing.M) { testbin.Main(m) }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hearth-vm/hearth"
 	"github.com/hearth-vm/hearth/agent"
+	"github.com/hearth-vm/hearth/internal/testbin"
 	"github.com/hearth-vm/hearth/vmm"
 	"github.com/hearth-vm/hearth/vmm/qemu"
 )
@@ -37,6 +38,7 @@ func TestMain(m *testing.M) {
 	if shared.dir != "" {
 		os.RemoveAll(shared.dir)
 	}
+	testbin.Cleanup()
 	os.Exit(code)
 }
 
@@ -55,10 +57,10 @@ func needGuests(t *testing.T) {
 		if shared.err != nil {
 			return
 		}
-		if shared.hearth, shared.err = buildCmd(shared.dir, "../../cmd/hearth", "hearth", false); shared.err != nil {
+		if shared.hearth, shared.err = testbin.Path("cmd/hearth", "hearth"); shared.err != nil {
 			return
 		}
-		if shared.agent, shared.err = buildCmd(shared.dir, "../../cmd/hearth-agent", "hearth-agent", true); shared.err != nil {
+		if shared.agent, shared.err = testbin.Path("cmd/hearth-agent", "hearth-agent"); shared.err != nil {
 			return
 		}
 		shared.base = filepath.Join(shared.dir, "state")
@@ -70,20 +72,6 @@ func needGuests(t *testing.T) {
 	if shared.err != nil {
 		t.Fatal(shared.err)
 	}
-}
-
-// buildCmd compiles a command of this module.
-func buildCmd(dir, pkg, name string, static bool) (string, error) {
-	out := filepath.Join(dir, name)
-	cmd := exec.Command("go", "build", "-o", out, pkg)
-	cmd.Env = os.Environ()
-	if static {
-		cmd.Env = append(cmd.Env, "CGO_ENABLED=0")
-	}
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build %s: %v\n%s", pkg, err, b)
-	}
-	return out, nil
 }
 
 // newState returns a fresh state directory holding the default image

@@ -1,21 +1,13 @@
 package reliability
 
 import (
-	"fmt"
+	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
-)
 
-var (
-	binDir     string
-	binOnce    sync.Once
-	builtSim   string
-	builtAgent string
-	buildErr   error
+	"github.com/hearth-vm/hearth/internal/testbin"
 )
 
 // binaries builds the simulator (named firecracker, as the backend
@@ -24,32 +16,12 @@ var (
 // the jailer too.
 func binaries(t testing.TB) (sim, agent string) {
 	t.Helper()
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "hrel-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binDir = dir
-		builtSim = filepath.Join(dir, "firecracker")
-		builtAgent = filepath.Join(dir, "hearth-agent")
-		for _, b := range []struct{ out, pkg string }{
-			{builtSim, "../../cmd/hearth-fcsim"},
-			{builtAgent, "../../cmd/hearth-agent"},
-		} {
-			cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				buildErr = fmt.Errorf("build %s: %v\n%s", b.pkg, err, out)
-				return
-			}
-		}
-		buildErr = os.Symlink(builtSim, filepath.Join(dir, "jailer"))
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	sim = testbin.Build(t, "cmd/hearth-fcsim", "firecracker")
+	agent = testbin.Build(t, "cmd/hearth-agent", "hearth-agent")
+	if err := os.Symlink(sim, filepath.Join(filepath.Dir(sim), "jailer")); err != nil && !errors.Is(err, os.ErrExist) {
+		t.Fatal(err)
 	}
-	return builtSim, builtAgent
+	return sim, agent
 }
 
 // eventually polls cond until it holds or the deadline passes; a
@@ -71,10 +43,4 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() (bool, s
 
 // TestMain removes the binaries once every test is done (they outlive
 // each test: VMMs of one test keep running the simulator until it ends).
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m) }

@@ -20,11 +20,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/hearth-vm/hearth/internal/testbin"
 	"golang.org/x/sys/unix"
 
 	"github.com/hearth-vm/hearth/proc"
@@ -32,58 +32,20 @@ import (
 )
 
 var (
-	fcsimOnce sync.Once
 	fcsimBin  string // built simulator
 	jailerBin string // symlink named "jailer" to it
-	fcsimErr  error
-	fcsimDir  string
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if fcsimDir != "" {
-		os.RemoveAll(fcsimDir)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m) }
 
-// needFcsim builds cmd/hearth-fcsim on first use.
+// needFcsim builds cmd/hearth-fcsim on first use, with a "jailer"
+// symlink next to it (the simulator acts as the jailer by that name).
 func needFcsim(t *testing.T) {
 	t.Helper()
-	fcsimOnce.Do(func() {
-		root, err := filepath.Abs("../..")
-		if err != nil {
-			fcsimErr = err
-			return
-		}
-		if _, err := os.Stat(filepath.Join(root, "cmd", "hearth-fcsim")); err != nil {
-			fcsimErr = fmt.Errorf("simulator not in the tree: %w", err)
-			return
-		}
-		fcsimDir, err = os.MkdirTemp("", "fcsim")
-		if err != nil {
-			fcsimErr = err
-			return
-		}
-		// The jailer only runs exec files named *firecracker*.
-		fcsimBin = filepath.Join(fcsimDir, "firecracker")
-		cmd := exec.Command("go", "build", "-o", fcsimBin, "./cmd/hearth-fcsim")
-		cmd.Dir = root
-		// Static, like Firecracker's musl builds: the jailed copy runs in
-		// a chroot without a dynamic loader.
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			fcsimErr = fmt.Errorf("build fcsim: %v\n%s", err, out)
-			return
-		}
-		jailerBin = filepath.Join(fcsimDir, "jailer")
-		fcsimErr = os.Symlink(fcsimBin, jailerBin)
-	})
-	if fcsimErr != nil {
-		if strings.Contains(fcsimErr.Error(), "not in the tree") {
-			t.Skip(fcsimErr)
-		}
-		t.Fatal(fcsimErr)
+	fcsimBin = testbin.Build(t, "cmd/hearth-fcsim", "firecracker")
+	jailerBin = filepath.Join(filepath.Dir(fcsimBin), "jailer")
+	if err := os.Symlink(fcsimBin, jailerBin); err != nil && !errors.Is(err, os.ErrExist) {
+		t.Fatal(err)
 	}
 }
 
