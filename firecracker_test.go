@@ -527,8 +527,27 @@ func TestFirecrackerLazyRestore(t *testing.T) {
 	if got := calls(f.requests(t)); !contains(got, "PUT /snapshot/load") {
 		t.Fatalf("restore calls: %v", got)
 	}
+	// The page-fault server's counters reach the VM's stats (its status
+	// file is rewritten every second while it serves).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := f.rt.Stats(ctx, "l1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pf := st.PageFaults; pf != nil && pf.Faults > 0 && pf.FaultBytes+pf.BackgroundBytes > 0 && pf.State == "serving" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no page-fault counters in the stats: %+v (errors %v)", st.PageFaults, st.Errors)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if st, err := f.rt.Stats(ctx, "src"); err != nil || st.PageFaults != nil {
+		t.Fatalf("a VM booted, not restored lazily, has page-fault stats: %+v, %v", st.PageFaults, err)
+	}
 	// The first restore leaves a working-set trace next to the snapshot.
-	deadline := time.Now().Add(20 * time.Second)
+	deadline = time.Now().Add(20 * time.Second)
 	for {
 		if _, err := os.Stat(filepath.Join(sv.Dir, "trace")); err == nil {
 			break

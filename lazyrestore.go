@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hearth-vm/hearth/metrics"
 	"github.com/hearth-vm/hearth/proc"
 	"github.com/hearth-vm/hearth/store"
 	"github.com/hearth-vm/hearth/uffd"
@@ -117,6 +118,31 @@ func (r *Runtime) prefetchWaitStep(p *createPlan) step {
 			return nil
 		},
 	}
+}
+
+// hasUffd reports whether a VM was restored through a page-fault server.
+func hasUffd(res []store.Resource) bool {
+	for _, x := range res {
+		if x.Kind == resProcess && x.Name == "uffd" {
+			return true
+		}
+	}
+	return false
+}
+
+// pageFaultStats reads a page-fault server's counters for the metrics.
+func pageFaultStats(status string) (metrics.PageFaultStats, error) {
+	st, err := uffd.ReadStatus(status)
+	if err != nil {
+		return metrics.PageFaultStats{}, err
+	}
+	return metrics.PageFaultStats{
+		State: string(st.State), Faults: st.Faults, FaultBytes: st.FaultBytes,
+		BackgroundBytes: st.BackgroundPages * uffd.PageSize4K, PrefetchedBytes: st.PrefetchedBytes,
+		ZeroBytes:         st.ZeroPages * max(st.PageSize, uffd.PageSize4K),
+		MaxFaultLatencyUS: st.MaxFaultLatencyUS, MeanFaultLatencyUS: st.MeanFaultLatencyUS,
+		Trace: st.Trace, PrefetchMS: st.PrefetchMS, Errors: st.Errors,
+	}, nil
 }
 
 // releaseProcesses stops every helper process in res.

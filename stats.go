@@ -2,6 +2,7 @@ package hearth
 
 import (
 	"context"
+	"path/filepath"
 
 	"github.com/hearth-vm/hearth/jail"
 	"github.com/hearth-vm/hearth/metrics"
@@ -41,6 +42,10 @@ func (r *Runtime) metricSource(e *vmEntry) (metrics.Source, bool) {
 		src.Cgroup = &metrics.CgroupDirs{Version: r.jails.Hierarchy().Version, Dirs: r.jails.Cgroup(rec.Key).Dirs()}
 	}
 	src.Firecracker = e.fcMetrics.Load()
+	if hasUffd(rec.Resources) {
+		status := filepath.Join(r.vmDir(rec.Key), uffdStatus)
+		src.PageFaults = func() (metrics.PageFaultStats, error) { return pageFaultStats(status) }
+	}
 	return src, true
 }
 

@@ -3,7 +3,10 @@
 // TAP devices (inside the VM's network namespace) and its block I/O, and
 // exposes all of it as a Stats value for the library and as Prometheus
 // metrics for the daemon's /metrics, together with histograms of
-// lifecycle step timings.
+// lifecycle step timings. For a VM restored lazily, the counters of its
+// page-fault server (faults, bytes installed on demand, in the background,
+// prefetched or zeroed, fault service latency) come from a reader the
+// runtime supplies (Source.PageFaults), as hearth_vm_uffd_* metrics.
 //
 // Firecracker writes one JSON document per flush (every 60 s and on
 // FlushMetrics). Most of its numbers are deltas since the previous flush
@@ -15,5 +18,6 @@
 //
 // The package only reads: it never creates, moves or limits anything, and
 // it knows nothing about the runtime's records. Callers describe each VM
-// with a Source (pid, cgroup directories, netns, TAP names, accumulator).
+// with a Source (pid, cgroup directories, netns, TAP names, accumulator,
+// page-fault counters).
 package metrics

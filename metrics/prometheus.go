@@ -105,7 +105,13 @@ var (
 	descFCLines        = desc("hearth_firecracker_metrics_lines_total", "Firecracker metrics lines applied.")
 	descFCParseErrors  = desc("hearth_firecracker_metrics_parse_errors_total", "Firecracker metrics lines that did not parse.")
 	descCollectErrors  = desc("hearth_vm_stats_errors", "Parts of the VM's stats that could not be read at this scrape.")
-	allDescs           = []*prometheus.Desc{descCPU, descCPUThrottled, descCPUQuota, descMem, descMemPeak, descMemLimit, descOOM, descPids, descRxBytes, descRxPackets, descTxBytes, descTxPackets, descBlockRead, descBlockWrite, descFCCounter, descFCGauge, descFCLines, descFCParseErrors, descCollectErrors}
+	descUffdFaults     = desc("hearth_vm_uffd_faults_total", "Page faults the VM's page-fault server served on demand (lazy restore).")
+	descUffdBytes      = desc("hearth_vm_uffd_bytes_total", "Guest memory the VM's page-fault server installed, by how: fault (with the pages copied in the same call), background (readahead, fault-around), prefetch (working-set trace), zero (removed by the guest).", "how")
+	descUffdLatMax     = desc("hearth_vm_uffd_fault_latency_max_seconds", "Longest time the page-fault server took to serve a fault.")
+	descUffdLatMean    = desc("hearth_vm_uffd_fault_latency_mean_seconds", "Mean time the page-fault server took to serve a fault.")
+	descUffdPrefetch   = desc("hearth_vm_uffd_prefetch_seconds", "How long replaying the working-set trace took, once done.")
+	descUffdErrors     = desc("hearth_vm_uffd_errors_total", "Transient errors the page-fault server retried or skipped.")
+	allDescs           = []*prometheus.Desc{descCPU, descCPUThrottled, descCPUQuota, descMem, descMemPeak, descMemLimit, descOOM, descPids, descRxBytes, descRxPackets, descTxBytes, descTxPackets, descBlockRead, descBlockWrite, descFCCounter, descFCGauge, descFCLines, descFCParseErrors, descCollectErrors, descUffdFaults, descUffdBytes, descUffdLatMax, descUffdLatMean, descUffdPrefetch, descUffdErrors}
 	nanosecondsPerSec  = 1e9
 	counter, gaugeType = prometheus.CounterValue, prometheus.GaugeValue
 )
@@ -182,6 +188,19 @@ func emitStats(ch chan<- prometheus.Metric, st Stats) {
 		}
 		emit(descFCLines, counter, float64(fc.Lines))
 		emit(descFCParseErrors, counter, float64(fc.ParseErrors))
+	}
+	if pf := st.PageFaults; pf != nil {
+		emit(descUffdFaults, counter, float64(pf.Faults))
+		emit(descUffdBytes, counter, float64(pf.FaultBytes), "fault")
+		emit(descUffdBytes, counter, float64(pf.BackgroundBytes), "background")
+		emit(descUffdBytes, counter, float64(pf.PrefetchedBytes), "prefetch")
+		emit(descUffdBytes, counter, float64(pf.ZeroBytes), "zero")
+		emit(descUffdLatMax, gaugeType, pf.MaxFaultLatencyUS/1e6)
+		emit(descUffdLatMean, gaugeType, pf.MeanFaultLatencyUS/1e6)
+		if pf.PrefetchMS > 0 {
+			emit(descUffdPrefetch, gaugeType, pf.PrefetchMS/1e3)
+		}
+		emit(descUffdErrors, counter, float64(pf.Errors))
 	}
 	emit(descCollectErrors, gaugeType, float64(len(st.Errors)))
 }

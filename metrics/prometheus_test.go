@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"errors"
 	"io"
 	"net/http/httptest"
 	"path/filepath"
@@ -135,5 +136,49 @@ func TestCollectFallsBackToProcess(t *testing.T) {
 	st = Collect(Source{VM: "stale", Pid: osPid(), StartTime: 1})
 	if st.CPU != nil || st.Pid != 0 || len(st.Errors) == 0 {
 		t.Fatalf("stale pid read: %+v", st)
+	}
+}
+
+// TestPageFaultMetrics: a lazily restored VM's page-fault server counters
+// reach Stats and the exposition; a status that cannot be read is an
+// error of that part only.
+func TestPageFaultMetrics(t *testing.T) {
+	pf := PageFaultStats{State: "serving", Faults: 12, FaultBytes: 12 << 12, BackgroundBytes: 180 << 12, PrefetchedBytes: 1 << 20,
+		ZeroBytes: 8192, MaxFaultLatencyUS: 250, MeanFaultLatencyUS: 40, Trace: "replayed", PrefetchMS: 120, Errors: 1}
+	sources := []Source{
+		{VM: "lazy", Backend: "firecracker", PageFaults: func() (PageFaultStats, error) { return pf, nil }},
+		{VM: "broken", Backend: "firecracker", PageFaults: func() (PageFaultStats, error) { return PageFaultStats{}, errors.New("no status file") }},
+	}
+	if st := Collect(sources[0]); st.PageFaults == nil || *st.PageFaults != pf || len(st.Errors) != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	if st := Collect(sources[1]); st.PageFaults != nil || len(st.Errors) != 1 || !strings.Contains(st.Errors[0], "page faults: no status file") {
+		t.Fatalf("stats %+v", st)
+	}
+	reg := NewRegistry(func() []Source { return sources })
+	want := `
+# HELP hearth_vm_uffd_faults_total Page faults the VM's page-fault server served on demand (lazy restore).
+# TYPE hearth_vm_uffd_faults_total counter
+hearth_vm_uffd_faults_total{backend="firecracker",vm="lazy"} 12
+# HELP hearth_vm_uffd_bytes_total Guest memory the VM's page-fault server installed, by how: fault (with the pages copied in the same call), background (readahead, fault-around), prefetch (working-set trace), zero (removed by the guest).
+# TYPE hearth_vm_uffd_bytes_total counter
+hearth_vm_uffd_bytes_total{backend="firecracker",how="background",vm="lazy"} 737280
+hearth_vm_uffd_bytes_total{backend="firecracker",how="fault",vm="lazy"} 49152
+hearth_vm_uffd_bytes_total{backend="firecracker",how="prefetch",vm="lazy"} 1.048576e+06
+hearth_vm_uffd_bytes_total{backend="firecracker",how="zero",vm="lazy"} 8192
+# HELP hearth_vm_uffd_fault_latency_max_seconds Longest time the page-fault server took to serve a fault.
+# TYPE hearth_vm_uffd_fault_latency_max_seconds gauge
+hearth_vm_uffd_fault_latency_max_seconds{backend="firecracker",vm="lazy"} 0.00025
+# HELP hearth_vm_uffd_prefetch_seconds How long replaying the working-set trace took, once done.
+# TYPE hearth_vm_uffd_prefetch_seconds gauge
+hearth_vm_uffd_prefetch_seconds{backend="firecracker",vm="lazy"} 0.12
+# HELP hearth_vm_stats_errors Parts of the VM's stats that could not be read at this scrape.
+# TYPE hearth_vm_stats_errors gauge
+hearth_vm_stats_errors{backend="firecracker",vm="broken"} 1
+hearth_vm_stats_errors{backend="firecracker",vm="lazy"} 0
+`
+	if err := testutil.GatherAndCompare(reg.Gatherer(), strings.NewReader(want), "hearth_vm_uffd_faults_total", "hearth_vm_uffd_bytes_total",
+		"hearth_vm_uffd_fault_latency_max_seconds", "hearth_vm_uffd_prefetch_seconds", "hearth_vm_stats_errors"); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -26,6 +26,37 @@ type Source struct {
 	TAPs  []string
 	// Firecracker is the VMM's metrics accumulator (Firecracker only).
 	Firecracker *FirecrackerAccumulator
+	// PageFaults reads the counters of the VM's page-fault server, when
+	// it was restored lazily (userfaultfd).
+	PageFaults func() (PageFaultStats, error)
+}
+
+// PageFaultStats are the counters of a lazily restored VM's page-fault
+// server, as of its last status write (at most a second old while it
+// serves). Counters are totals since the restore.
+type PageFaultStats struct {
+	// State is the server's: serving, exited, detached or failed.
+	State string `json:"state"`
+	// Faults were served on demand, copying FaultBytes (with the pages
+	// copied in the same call).
+	Faults     uint64 `json:"faults"`
+	FaultBytes uint64 `json:"fault_bytes"`
+	// BackgroundBytes were copied after their fault was served
+	// (readahead and fault-around); PrefetchedBytes from the working-set
+	// trace; ZeroBytes were served as zeros (removed by the guest).
+	BackgroundBytes uint64 `json:"background_bytes"`
+	PrefetchedBytes uint64 `json:"prefetched_bytes"`
+	ZeroBytes       uint64 `json:"zero_bytes"`
+	// Fault service latency, from reading a fault to the copy that woke
+	// the guest.
+	MaxFaultLatencyUS  float64 `json:"max_fault_latency_us"`
+	MeanFaultLatencyUS float64 `json:"mean_fault_latency_us"`
+	// Trace is the working-set trace's state (recording, replaying,
+	// replayed, …); PrefetchMS how long its replay took, once done.
+	Trace      string  `json:"trace,omitempty"`
+	PrefetchMS float64 `json:"prefetch_ms,omitempty"`
+	// Errors counts transient errors the server retried or skipped.
+	Errors uint64 `json:"errors"`
 }
 
 // Stats is a point-in-time view of one VM's resource use, for
@@ -42,6 +73,7 @@ type Stats struct {
 	Net         []NetStats          `json:"net,omitempty"`
 	Block       *BlockIO            `json:"block,omitempty"`
 	Firecracker *FirecrackerMetrics `json:"firecracker,omitempty"`
+	PageFaults  *PageFaultStats     `json:"page_faults,omitempty"`
 	Errors      []string            `json:"errors,omitempty"`
 }
 
@@ -109,6 +141,13 @@ func Collect(src Source) Stats {
 	if src.Firecracker != nil {
 		fc := src.Firecracker.Snapshot()
 		st.Firecracker = &fc
+	}
+	if src.PageFaults != nil {
+		if pf, err := src.PageFaults(); err == nil {
+			st.PageFaults = &pf
+		} else {
+			fail("page faults", err)
+		}
 	}
 	return st
 }

@@ -471,6 +471,10 @@ func statsCmd(g *globals) *cobra.Command {
 						fmt.Fprintf(w, "  vmm      %d counters from %d metric flushes; vcpu exits %d, block reads %d B, net tx %d B\n",
 							len(fc.Counters), fc.Lines, fc.Counters["vcpu.exit_io_out"], fc.Counters["block.read_bytes"], fc.Counters["net.tx_bytes_count"])
 					}
+					if pf := st.PageFaults; pf != nil {
+						fmt.Fprintf(w, "  uffd     %s: %d faults (mean %.0f µs, max %.0f µs); %d MiB on demand, %d MiB in the background, %d MiB prefetched (trace %s)\n",
+							pf.State, pf.Faults, pf.MeanFaultLatencyUS, pf.MaxFaultLatencyUS, pf.FaultBytes>>20, pf.BackgroundBytes>>20, pf.PrefetchedBytes>>20, pf.Trace)
+					}
 					for _, e := range st.Errors {
 						fmt.Fprintf(w, "  unavailable: %s\n", e)
 					}
