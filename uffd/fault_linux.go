@@ -72,7 +72,7 @@ func (s *server) fault(ss *session, addr uint64, t0 time.Time) error {
 // where the previous copy ended continues a sequential stream: like the
 // kernel's readahead, the fault then copies one block forward from p and
 // queues a readahead window behind it, which the event loop copies in the
-// background while the guest consumes the block (readaheadStep). The
+// background while the guest consumes the block (backgroundStep). The
 // window doubles with each fault of the stream, up to 16 blocks, and the
 // stream's next fault is expected where it ends. Without it the guest
 // would wait for every page of a stream to be copied; with it, the copy
@@ -114,11 +114,9 @@ func (s *server) window(ss *session, r *region, p uint64, zero bool) (lo, hi uin
 		ss.seqWin = 0
 		b0, b1 = p, p+1
 	case zero:
-		ss.seqWin = w
 		b0, b1 = p-p%w, p-p%w+w
 	default:
 		// The guest waits for p alone; its neighbours follow.
-		ss.seqWin = w
 		b0, b1 = p, p+1
 		blk := p - p%w
 		if len(ss.around) == maxAround {
