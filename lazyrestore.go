@@ -120,14 +120,15 @@ func (r *Runtime) prefetchWaitStep(p *createPlan) step {
 	}
 }
 
-// hasUffd reports whether a VM was restored through a page-fault server.
-func hasUffd(res []store.Resource) bool {
+// uffdServer returns the record of the VM's page-fault server, when it
+// was restored through one.
+func uffdServer(res []store.Resource) (store.Resource, bool) {
 	for _, x := range res {
 		if x.Kind == resProcess && x.Name == "uffd" {
-			return true
+			return x, true
 		}
 	}
-	return false
+	return store.Resource{}, false
 }
 
 // pageFaultStats reads a page-fault server's counters for the metrics.
@@ -186,52 +187,51 @@ func stopProcess(ctx context.Context, res store.Resource) error {
 // watchUffd kills the VM's VMM when its page-fault server dies with an
 // error: the guest would otherwise hang on its next fault.
 func (r *Runtime) watchUffd(e *vmEntry) {
-	for _, res := range e.rec.Resources {
-		if res.Kind != resProcess || res.Name != "uffd" {
-			continue
-		}
-		id, err := processIdentity(res)
-		if err != nil {
-			continue
-		}
-		p, err := proc.Adopt(id)
-		if err != nil {
-			continue // already exited: its status says whether it failed
-		}
-		status := filepath.Join(r.vmDir(e.rec.Key), uffdStatus)
-		r.watch.Add(1)
-		go func() {
-			defer r.watch.Done()
-			defer p.Release()
-			select {
-			case <-p.Done():
-			case <-r.closing:
-				return
-			}
-			// A server that ended on its own terms says so; any other
-			// end (failed, or killed mid-"serving") leaves the guest
-			// without anyone to serve its faults.
-			st, err := uffd.ReadStatus(status)
-			if err == nil && (st.State == uffd.StateExited || st.State == uffd.StateDetached) {
-				return
-			}
-			e.mu.Lock()
-			m := e.machine
-			e.mu.Unlock()
-			if m == nil {
-				return
-			}
-			r.log.Error("page-fault server died; killing the VM it served", "vm", e.rec.ID, "status_err", st.Error, "read_err", err)
-			// Killed behind the machine's back, so that its exit watcher
-			// sees an unexpected exit and marks the VM crashed.
-			if h := m.Handle(); h.Pid > 0 {
-				if vp, err := proc.Adopt(proc.Identity{Pid: h.Pid, StartTime: h.StartTime}); err == nil {
-					vp.Signal(unix.SIGKILL)
-					vp.Release()
-				}
-			}
-		}()
+	res, ok := uffdServer(e.rec.Resources)
+	if !ok {
+		return
 	}
+	id, err := processIdentity(res)
+	if err != nil {
+		return
+	}
+	p, err := proc.Adopt(id)
+	if err != nil {
+		return // already exited: its status says whether it failed
+	}
+	status := filepath.Join(r.vmDir(e.rec.Key), uffdStatus)
+	r.watch.Add(1)
+	go func() {
+		defer r.watch.Done()
+		defer p.Release()
+		select {
+		case <-p.Done():
+		case <-r.closing:
+			return
+		}
+		// A server that ended on its own terms says so; any other
+		// end (failed, or killed mid-"serving") leaves the guest
+		// without anyone to serve its faults.
+		st, err := uffd.ReadStatus(status)
+		if err == nil && (st.State == uffd.StateExited || st.State == uffd.StateDetached) {
+			return
+		}
+		e.mu.Lock()
+		m := e.machine
+		e.mu.Unlock()
+		if m == nil {
+			return
+		}
+		r.log.Error("page-fault server died; killing the VM it served", "vm", e.rec.ID, "status_err", st.Error, "read_err", err)
+		// Killed behind the machine's back, so that its exit watcher
+		// sees an unexpected exit and marks the VM crashed.
+		if h := m.Handle(); h.Pid > 0 {
+			if vp, err := proc.Adopt(proc.Identity{Pid: h.Pid, StartTime: h.StartTime}); err == nil {
+				vp.Signal(unix.SIGKILL)
+				vp.Release()
+			}
+		}
+	}()
 }
 
 // uffdFailure says why the VM's page-fault server failed, or "" when it
@@ -240,30 +240,28 @@ func (r *Runtime) watchUffd(e *vmEntry) {
 // dies for that reason is recorded crashed with it, not with a bare
 // signal.
 func (r *Runtime) uffdFailure(e *vmEntry) string {
-	for _, res := range e.rec.Resources {
-		if res.Kind != resProcess || res.Name != "uffd" {
-			continue
-		}
-		st, err := uffd.ReadStatus(filepath.Join(r.vmDir(e.rec.Key), uffdStatus))
-		if err != nil {
-			return ""
-		}
-		if st.State == uffd.StateFailed || st.Error != "" {
-			return fmt.Sprintf("page-fault server (pid %d) failed: %s", st.Pid, st.Error)
-		}
-		if st.State == uffd.StateExited || st.State == uffd.StateDetached {
-			return ""
-		}
-		id, err := processIdentity(res)
-		if err != nil {
-			return ""
-		}
-		p, err := proc.Adopt(id)
-		if err == nil {
-			p.Release()
-			return "" // still there: it did not take the VM down
-		}
-		return fmt.Sprintf("page-fault server (pid %d) died while %s", st.Pid, st.State)
+	res, ok := uffdServer(e.rec.Resources)
+	if !ok {
+		return ""
 	}
-	return ""
+	st, err := uffd.ReadStatus(filepath.Join(r.vmDir(e.rec.Key), uffdStatus))
+	if err != nil {
+		return ""
+	}
+	if st.State == uffd.StateFailed || st.Error != "" {
+		return fmt.Sprintf("page-fault server (pid %d) failed: %s", st.Pid, st.Error)
+	}
+	if st.State == uffd.StateExited || st.State == uffd.StateDetached {
+		return ""
+	}
+	id, err := processIdentity(res)
+	if err != nil {
+		return ""
+	}
+	p, err := proc.Adopt(id)
+	if err == nil {
+		p.Release()
+		return "" // still there: it did not take the VM down
+	}
+	return fmt.Sprintf("page-fault server (pid %d) died while %s", st.Pid, st.State)
 }

@@ -42,7 +42,7 @@ func (r *Runtime) metricSource(e *vmEntry) (metrics.Source, bool) {
 		src.Cgroup = &metrics.CgroupDirs{Version: r.jails.Hierarchy().Version, Dirs: r.jails.Cgroup(rec.Key).Dirs()}
 	}
 	src.Firecracker = e.fcMetrics.Load()
-	if hasUffd(rec.Resources) {
+	if _, ok := uffdServer(rec.Resources); ok {
 		status := filepath.Join(r.vmDir(rec.Key), uffdStatus)
 		src.PageFaults = func() (metrics.PageFaultStats, error) { return pageFaultStats(status) }
 	}

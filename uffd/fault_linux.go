@@ -258,6 +258,17 @@ func (s *server) stageFile(off, n uint64) (uint64, error) {
 // success every page of the range is present.
 func (s *server) fill(ss *session, r *region, p, n uint64, zero bool) (copied, existed uint64, err error) {
 	ps, done, retries := r.ps, uint64(0), 0
+	// retry says whether a failed read of the memory file at the current
+	// page is worth another try (an I/O error may pass), backing off.
+	retry := func(cause error) bool {
+		if retries++; retries > efaultRetries {
+			return false
+		}
+		s.st.Errors++
+		s.log.Warn("reading the memory file failed; retrying", "offset", r.off+(p+done)*ps, "attempt", retries, "err", cause)
+		time.Sleep(time.Duration(retries*retries) * time.Millisecond)
+		return true
+	}
 	for done < n {
 		dst := r.base + (p+done)*ps
 		var bytes uint64
@@ -277,10 +288,7 @@ func (s *server) fill(ss *session, r *region, p, n uint64, zero bool) (copied, e
 			l := min((n-done)*ps, uint64(len(s.stage)))
 			src, rerr := s.stageFile(r.off+(p+done)*ps, l)
 			if rerr != nil {
-				if retries++; retries <= efaultRetries && !errors.Is(rerr, io.ErrUnexpectedEOF) {
-					s.st.Errors++
-					s.log.Warn("reading the memory file failed; retrying", "offset", r.off+(p+done)*ps, "attempt", retries, "err", rerr)
-					time.Sleep(time.Duration(retries*retries) * time.Millisecond)
+				if !errors.Is(rerr, io.ErrUnexpectedEOF) && retry(rerr) {
 					continue
 				}
 				return copied, existed, fmt.Errorf("%w: cannot read the memory file at offset %#x: %w", ErrFault, r.off+(p+done)*ps, rerr)
@@ -316,10 +324,7 @@ func (s *server) fill(ss *session, r *region, p, n uint64, zero bool) (copied, e
 		case unix.ENOENT:
 			return copied, existed, errNoEnt
 		case unix.EFAULT:
-			if retries++; retries <= efaultRetries {
-				s.st.Errors++
-				s.log.Warn("reading the memory file failed; retrying", "offset", r.off+(p+done)*ps, "attempt", retries)
-				time.Sleep(time.Duration(retries*retries) * time.Millisecond)
+			if retry(errno) {
 				continue
 			}
 			return copied, existed, fmt.Errorf("%w: cannot read the memory file at offset %#x (I/O error or truncated file): %w",
